@@ -1,0 +1,45 @@
+"""The aep_assets code location: the CMLE workflow as one lineage graph of software-defined assets."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from aep_assets.defs import activation, automation, features, platform, scoring, synthetic, training
+from aep_assets.resources.environment import build_resources
+from aep_assets.settings import platform_env
+
+ASSETS = [
+    synthetic.synthetic_data,
+    platform.aep_profiles,
+    platform.aep_experience_events,
+    features.training_features,
+    features.eda_summary,
+    features.training_export,
+    training.propensity_model,
+    scoring.scoring_features,
+    scoring.propensity_scores,
+    scoring.aep_propensity_scores,
+    activation.propensity_audiences,
+    activation.audience_activations,
+]
+
+
+def build_definitions(resources: dict | None = None) -> dg.Definitions:
+    """Everything Dagster loads; tests pass their own resources."""
+    return dg.Definitions(
+        assets=ASSETS,
+        jobs=[automation.load_synthetic_data_job, automation.train_propensity_model_job,
+              automation.rescore_profile_batch_job, automation.simulate_profile_batch_job],
+        sensors=[automation.new_profile_batch_sensor, automation.champion_promoted_sensor],
+        schedules=automation.build_schedules(
+            os.environ.get("AEP_ASSETS_RETRAIN_CRON", "0 3 * * 1"),
+            os.environ.get("AEP_ASSETS_RESCORE_CRON", "0 4 * * *")),
+        resources=resources if resources is not None else build_resources(platform_env()),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

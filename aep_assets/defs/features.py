@@ -1,0 +1,151 @@
+"""Query Service SQL over the platform datasets: EDA, the point-in-time training table, its export."""
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from aep_assets.defs.metadata import image, preview, table
+from aep_assets.lib import features, plots
+from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES
+from aep_assets.lib.sql import Fragment, Identifier
+from aep_assets.resources.platform import Platform
+from aep_assets.resources.storage import Storage
+
+TRAINING_DATASET = "cmle_training_features"
+
+
+class TrainingWindowConfig(dg.Config):
+    """Point in time of the training table; the generator's oracle uses the same defaults."""
+
+    cutoff: str = Field(default="", description="ISO observation cutoff; empty: end of the event timeline minus "
+                                                "cutoff_days_before_end.")
+    cutoff_days_before_end: float = Field(default=features.DEFAULT_CUTOFF_DAYS_BEFORE_END)
+    horizon_days: float = Field(default=features.DEFAULT_HORIZON_DAYS, description="Label window after the cutoff.")
+
+
+def timeline_end(platform: Platform, events_table: str) -> datetime:
+    """The day after the newest event (the synthetic timeline ends at midnight UTC)."""
+    latest = platform.query(platform.render("latest_event_time", events=Identifier(events_table)))["latest"][0].as_py()
+    if latest is None:
+        raise ValueError(f"the experience event dataset {events_table} has no events")
+    return latest.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+
+
+@dg.asset(deps=["aep_profiles", "aep_experience_events"], group_name="features", kinds={"postgres", "sql"},
+          check_specs=[
+              dg.AssetCheckSpec("training_features_row_count", asset="training_features", blocking=True,
+                                description="One row per profile not converted before the cutoff."),
+              dg.AssetCheckSpec("training_features_label_rate", asset="training_features", blocking=True,
+                                description="Between 0.5% and 50% positives: enough to learn, not a leak."),
+          ],
+          description="The point-in-time training table (CTAS in Query Service, registered as a dataset): "
+                      "per profile, 12 event counts and 12 'minutes since last' recencies as of the "
+                      "observation cutoff, two activity windows, and the label: a web.formFilledOut inside "
+                      "the horizon after the cutoff. Profiles that converted before the cutoff are excluded.")
+def training_features(context: dg.AssetExecutionContext, config: TrainingWindowConfig, platform: Platform):
+    events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name)
+    profiles = platform.find_dataset_or_fail(PROFILES.name)
+    if config.cutoff:
+        cutoff = datetime.fromisoformat(config.cutoff)
+        cutoff = cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=timezone.utc)
+        window = features.Window(cutoff, cutoff + timedelta(days=config.horizon_days))
+    else:
+        window = features.Window.before_end(timeline_end(platform, events.table), config.cutoff_days_before_end,
+                                            config.horizon_days)
+    text = features.training_sql(platform.dialect, events.table, profiles.table, window)
+    started = time.monotonic()
+    dataset = platform.create_table_as(TRAINING_DATASET, text)
+    seconds = time.monotonic() - started
+    counts = platform.query(platform.render("label_rate", table=Identifier(dataset.table)))
+    rows, positives = counts["profiles"][0].as_py(), counts["positives"][0].as_py() or 0
+    all_profiles = platform.query(platform.render("profile_count", profiles=Identifier(profiles.table),
+                                                  profile_filter=Fragment("TRUE")))["profiles"][0].as_py()
+    converted_before = platform.query(platform.render(
+        "converted_before", events=Identifier(events.table), cutoff=window.cutoff))["users"][0].as_py()
+    label_rate = positives / rows if rows else 0.0
+    context.log.info(f"training table {dataset.table}: {rows} rows, label rate {label_rate:.4f}, {seconds:.1f} s")
+    sample = pl.from_arrow(platform.query(platform.render("dataset_preview", table=Identifier(dataset.table))))
+    yield dg.MaterializeResult(
+        metadata={"dataset_id": dataset.id, "table": dataset.table, "dagster/row_count": rows,
+                  "cutoff": window.cutoff.isoformat(), "horizon_end": window.horizon_end.isoformat(),
+                  "label_rate": round(label_rate, 5), "sql_seconds": round(seconds, 2),
+                  "sql": dg.MetadataValue.md(f"```sql\n{text}\n```"), "preview": preview(sample)},
+    )
+    yield dg.AssetCheckResult(
+        check_name="training_features_row_count", passed=rows == all_profiles - converted_before,
+        metadata={"rows": rows, "profiles": all_profiles, "converted_before_cutoff": converted_before},
+        description=f"{rows} rows for {all_profiles} profiles minus {converted_before} converted before the cutoff")
+    yield dg.AssetCheckResult(
+        check_name="training_features_label_rate", passed=0.005 <= label_rate <= 0.5,
+        metadata={"label_rate": label_rate, "positives": positives})
+
+
+@dg.asset(deps=["training_features"], group_name="features", kinds={"postgres", "sql"},
+          description="Exploratory analysis the reference did in notebooks: the funnel per event type "
+                      "(events and distinct users), co-occurrence of event types per user, events per week, "
+                      "and each feature's correlation with the label.")
+def eda_summary(context: dg.AssetExecutionContext, platform: Platform) -> dg.MaterializeResult:
+    events = Identifier(platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name).table)
+    funnel = pl.from_arrow(platform.query(platform.render("eda_event_types", events=events)))
+    pairs = pl.from_arrow(platform.query(platform.render("eda_cooccurrence", events=events)))
+    weekly = pl.from_arrow(platform.query(platform.render("eda_weekly_events", events=events)))
+    training = platform.find_dataset_or_fail(TRAINING_DATASET)
+    sample = pl.from_arrow(platform.query(platform.render("training_sample", table=Identifier(training.table))))
+
+    types = funnel["event_type"].to_list()
+    index = {name: i for i, name in enumerate(types)}
+    users = np.zeros((len(types), len(types)))
+    for a, b, count in pairs.iter_rows():  # at most 13 x 13 pairs
+        users[index[a], index[b]] = users[index[b], index[a]] = count
+    share = users / np.maximum(np.diag(users)[:, None], 1)
+    correlations = feature_label_correlations(sample)
+    total = weekly.group_by("week").agg(pl.col("events").sum()).sort("week")
+    weekly_png = plots.lines({"all events": (np.arange(total.height), total["events"].to_numpy())},
+                             "Events per week", "week of the timeline", "events")
+    context.log.info(f"EDA over {int(funnel['events'].sum())} events, {sample.height} training rows sampled")
+    return dg.MaterializeResult(metadata={
+        "funnel": table(funnel),
+        "funnel_plot": image(plots.bar_chart(types, funnel["users"].to_list(), "Distinct users per event type",
+                                             "users", log=True), "funnel"),
+        "cooccurrence_plot": image(plots.heatmap(share, types, "Share of row-type users who also have column-type"),
+                                   "co-occurrence"),
+        "weekly_plot": image(weekly_png, "events per week"),
+        "feature_label_correlation": table(correlations),
+        "correlation_plot": image(plots.bar_chart(correlations["feature"].to_list(),
+                                                  correlations["correlation"].to_list(),
+                                                  "Correlation with the label (training sample)", "Pearson r"),
+                                  "correlations"),
+        "label_rate_in_sample": round(float(sample["label"].mean() or 0.0), 5),
+        "sample_rows": sample.height,
+    })
+
+
+def feature_label_correlations(sample: pl.DataFrame) -> pl.DataFrame:
+    """Pearson correlation of each feature with the label; missing recencies count as 'long ago'."""
+    columns = features.feature_columns(sample.columns)
+    filled = sample.select([pl.col(c).cast(pl.Float64).fill_null(pl.col(c).cast(pl.Float64).max() * 2).fill_null(0)
+                            for c in columns] + [pl.col("label").cast(pl.Float64)])
+    values = [filled.select(pl.corr(c, "label")).item() for c in columns]
+    return (pl.DataFrame({"feature": columns, "correlation": values}).fill_nan(0.0).fill_null(0.0)
+            .sort(pl.col("correlation").abs(), descending=True))
+
+
+@dg.asset(deps=["training_features"], group_name="export", kinds={"parquet", "s3"},
+          description="The training table exported to cloud storage as gzip parquet under "
+                      "cmle/egress/{dataset_id}/exportTime={YYYYMMDDHHMMSS}/, as AEP's dataset export "
+                      "writes it; complete only once its manifest exists. The ML side reads only this.")
+def training_export(context: dg.AssetExecutionContext, platform: Platform, storage: Storage) -> dg.MaterializeResult:
+    dataset = platform.find_dataset_or_fail(TRAINING_DATASET)
+    started = time.monotonic()
+    manifest = platform.export_dataset(dataset, storage, datetime.now(timezone.utc))
+    seconds = time.monotonic() - started
+    context.log.info(f"exported {manifest.rows} rows in {len(manifest.files)} files to "
+                     f"{storage.uri(manifest.prefix)} ({seconds:.1f} s)")
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(storage.uri(manifest.prefix)), "dataset_id": dataset.id,
+        "dagster/row_count": manifest.rows, "bytes": manifest.bytes, "files": len(manifest.files),
+        "columns": dg.MetadataValue.json(manifest.columns), "export_seconds": round(seconds, 2)})

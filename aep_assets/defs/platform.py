@@ -1,0 +1,52 @@
+"""The synthetic batches landed in the platform's profile and experience event datasets."""
+
+import time
+
+import dagster as dg
+import polars as pl
+
+from aep_assets.defs.metadata import preview
+from aep_assets.defs.synthetic import source_folder
+from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, DatasetSpec
+from aep_assets.lib.source_files import file_digest
+from aep_assets.lib.sql import Identifier
+from aep_assets.resources.platform import Platform
+
+
+def land_files(context: dg.AssetExecutionContext, platform: Platform, spec: DatasetSpec, kind: str
+               ) -> dg.MaterializeResult:
+    """Each source file becomes one platform batch; a file already landed (same content) is skipped."""
+    dataset = platform.ensure_dataset(spec)
+    files = source_folder().files(kind)
+    batches, landed_rows, started = [], 0, time.monotonic()
+    for index, path in enumerate(files):
+        before = time.monotonic()
+        batch = platform.ingest_batch(dataset, spec, [path], idempotency_key=file_digest(path))
+        landed_rows += batch.record_count or 0
+        batches.append({"file": path.name, "batch_id": batch.id, "records": batch.record_count})
+        context.log.info(f"{spec.name}: batch {index + 1}/{len(files)} {batch.id} ({batch.record_count} records, "
+                         f"{time.monotonic() - before:.1f} s)")
+    seconds = time.monotonic() - started
+    sample = platform.query(platform.render("dataset_preview", table=Identifier(dataset.table)))
+    return dg.MaterializeResult(metadata={
+        "dataset_id": dataset.id,
+        "table": dataset.table,
+        "dagster/row_count": landed_rows,
+        "batches": dg.MetadataValue.md(pl.DataFrame(batches).to_pandas().to_markdown(index=False)),
+        "ingest_seconds": round(seconds, 2),
+        "rows_per_second": round(landed_rows / max(seconds, 1e-9)),
+        "preview": preview(pl.from_arrow(sample)),
+    })
+
+
+@dg.asset(deps=["synthetic_profiles"], group_name="platform", kinds={"postgres", "aep"},
+          description="The profile dataset (profile-enabled, identity userid in namespace ECID): one platform "
+                      "batch per synthetic profile batch. Its batch ids are the scoring partitions.")
+def aep_profiles(context: dg.AssetExecutionContext, platform: Platform) -> dg.MaterializeResult:
+    return land_files(context, platform, PROFILES, "profiles")
+
+
+@dg.asset(deps=["synthetic_experience_events"], group_name="platform", kinds={"postgres", "aep"},
+          description="The experience event dataset: every synthetic event, one platform batch per profile batch.")
+def aep_experience_events(context: dg.AssetExecutionContext, platform: Platform) -> dg.MaterializeResult:
+    return land_files(context, platform, EXPERIENCE_EVENTS, "events")

@@ -1,0 +1,200 @@
+"""Per profile batch: current features, champion scores in cloud storage, scores ingested back."""
+
+import json
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aep_assets.defs.metadata import image, preview
+from aep_assets.defs.partitions import profile_batches
+from aep_assets.lib import features, modeling, plots
+from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
+from aep_assets.lib.drift import population_stability_index
+from aep_assets.lib.source_files import file_digest
+from aep_assets.lib.sql import Identifier
+from aep_assets.resources.platform import Platform
+from aep_assets.resources.storage import StorageError, Storage
+from aep_assets.resources.tracking import MlflowTracking
+
+SCORING_DATASET = "cmle_scoring_features"
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+PSI_WARNING = 0.2
+
+
+def scores_parent(scores_dataset_id: str, profile_batch: str) -> str:
+    return f"cmle/ingress/{scores_dataset_id}/profileBatch={profile_batch}"
+
+
+@dg.asset(deps=["aep_profiles", "aep_experience_events"], partitions_def=profile_batches,
+          backfill_policy=SINGLE_RUN, group_name="scoring", kinds={"postgres", "sql"},
+          check_specs=[dg.AssetCheckSpec("scoring_features_row_count", asset="scoring_features", blocking=True,
+                                         description="One feature row per profile of the batch.")],
+          description="Current features (as of now, from all events so far) of the profiles of one profile "
+                      "batch, with the same SQL definitions as training; stored in the platform dataset "
+                      "cmle_scoring_features, replaced per batch.")
+def scoring_features(context: dg.AssetExecutionContext, platform: Platform):
+    events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name)
+    profiles = platform.find_dataset_or_fail(PROFILES.name)
+    as_of = datetime.now(timezone.utc).replace(microsecond=0)
+    keys = context.partition_keys
+    dataset, counts = None, {}
+    for key in keys:
+        text = features.scoring_sql(platform.dialect, events.table, profiles.table, as_of, key)
+        dataset = dataset or platform.ensure_table(SCORING_DATASET, text)
+        started = time.monotonic()
+        rows = platform.replace_slice(dataset, "profile_batch", key, text)
+        expected = platform.query(platform.render(
+            "profile_count", profiles=Identifier(profiles.table),
+            profile_filter=features.batch_filter(key, alias="")))["profiles"][0].as_py()
+        counts[key] = {"feature_rows": rows, "profiles": expected}
+        context.log.info(f"batch {key}: {rows} feature rows in {time.monotonic() - started:.2f} s")
+    mismatched = [k for k, c in counts.items() if c["feature_rows"] != c["profiles"] or c["profiles"] == 0]
+    yield dg.MaterializeResult(metadata={"dataset": SCORING_DATASET, "as_of": as_of.isoformat(),
+                                         "dagster/row_count": sum(c["feature_rows"] for c in counts.values()),
+                                         "profile_batches": dg.MetadataValue.json(keys)})
+    yield dg.AssetCheckResult(check_name="scoring_features_row_count", passed=not mismatched,
+                              description=f"batches with a mismatch: {mismatched}" if mismatched else
+                              f"{len(keys)} batch(es), one feature row per profile",
+                              metadata={"per_batch": dg.MetadataValue.json(counts)})
+
+
+@dg.asset(deps=["scoring_features", "propensity_model"], partitions_def=profile_batches,
+          backfill_policy=SINGLE_RUN, group_name="scoring", kinds={"sklearn", "parquet", "s3"},
+          check_specs=[
+              dg.AssetCheckSpec("propensity_scores_valid", asset="propensity_scores", blocking=True,
+                                description="Every score in [0, 1], no nulls, exactly one per profile of the batch."),
+              dg.AssetCheckSpec("propensity_scores_drift", asset="propensity_scores",
+                                description="Population stability index against the previous scoring of the "
+                                            "same batch (warning above 0.2)."),
+          ],
+          description="Propensity of every profile of the batch from the champion model "
+                      "(models:/cmle_propensity_model@champion), as parquet under "
+                      "cmle/ingress/{scores_dataset_id}/profileBatch={batch}/exportTime={ts}/ with userid, "
+                      "propensity, decile, model name and version, scored time.")
+def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, storage: Storage,
+                      mlflow_tracking: MlflowTracking):
+    champion = mlflow_tracking.champion_version()
+    if champion is None:
+        raise RuntimeError(f"no '{mlflow_tracking.champion_uri()}' in the registry: materialize propensity_model "
+                           "and let it pass the gate first")
+    mlflow, _ = mlflow_tracking.activate()
+    estimator = mlflow.sklearn.load_model(mlflow_tracking.champion_uri())
+    feature_names = json.loads(champion.tags["features"]) if "features" in champion.tags else None
+    scores_dataset = platform.ensure_dataset(PROPENSITY_SCORES)
+    feature_table = platform.find_dataset_or_fail(SCORING_DATASET)
+    profiles = platform.find_dataset_or_fail(PROFILES.name)
+    scored_at = datetime.now(timezone.utc).replace(microsecond=0)
+    summaries, all_scores, invalid, drift = [], [], {}, {}
+    for key in context.partition_keys:
+        frame = pl.from_arrow(platform.query(platform.render(
+            "scoring_features_of_batch", table=Identifier(feature_table.table), profile_batch=key)))
+        names = feature_names or features.feature_columns(frame.columns)
+        started = time.monotonic()
+        propensity = modeling.predict(estimator, frame, names) if frame.height else np.empty(0)
+        scores = pa.table({
+            "userid": frame["userid"].to_arrow().cast(pa.string()), "propensity": pa.array(propensity, pa.float64()),
+            "decile": pa.array(modeling.deciles_of(propensity), pa.int32()),
+            "model_name": pa.repeat(pa.scalar(champion.name), frame.height).cast(pa.string()),
+            "model_version": pa.repeat(pa.scalar(str(champion.version)), frame.height).cast(pa.string()),
+            "scored_at": pa.repeat(pa.scalar(scored_at, pa.timestamp("us", "UTC")), frame.height),
+            "profile_batch": pa.repeat(pa.scalar(key), frame.height).cast(pa.string()),
+        })
+        parent = scores_parent(scores_dataset.id, key)
+        previous = _previous_scores(storage, parent)
+        manifest = storage.write_table(f"{parent}/exportTime={scored_at:%Y%m%d%H%M%S}", scores,
+                                       compression="zstd", suffix=".parquet")
+        seconds = time.monotonic() - started
+        profiles_in_batch = platform.query(platform.render(
+            "profile_count", profiles=Identifier(profiles.table),
+            profile_filter=features.batch_filter(key, alias="")))["profiles"][0].as_py()
+        problems = score_problems(scores, profiles_in_batch)
+        if problems:
+            invalid[key] = problems
+        psi = population_stability_index(previous, propensity) if previous is not None else None
+        if psi is not None:
+            drift[key] = round(psi, 5)
+        summaries.append({"profile_batch": key, "profiles": frame.height,
+                          "mean_propensity": float(propensity.mean()) if frame.height else 0.0,
+                          "psi_vs_previous": psi, "path": storage.uri(manifest.prefix), "seconds": round(seconds, 3)})
+        all_scores.append(propensity)
+        context.log.info(f"batch {key}: scored {frame.height} profiles in {seconds:.2f} s → {storage.uri(manifest.prefix)}")
+    values = np.concatenate(all_scores) if all_scores else np.empty(0)
+    return_metadata = {
+        "model": f"{champion.name} v{champion.version}", "scored_at": scored_at.isoformat(),
+        "dagster/row_count": int(values.size), "batches": dg.MetadataValue.md(
+            pl.DataFrame(summaries).to_pandas().to_markdown(index=False, floatfmt=".4g")),
+        "histogram": image(plots.histogram(values, "Propensity of the scored profiles", "propensity"), "scores"),
+    }
+    if len(summaries) == 1:
+        return_metadata["path"] = dg.MetadataValue.path(summaries[0]["path"])
+    yield dg.MaterializeResult(metadata=return_metadata)
+    yield dg.AssetCheckResult(
+        check_name="propensity_scores_valid", passed=not invalid,
+        description="; ".join(f"batch {k}: {', '.join(v)}" for k, v in invalid.items()) or
+        f"{values.size} scores in [0, 1], one per profile, no nulls",
+        metadata={"min": float(values.min()) if values.size else 0.0,
+                  "max": float(values.max()) if values.size else 0.0})
+    drifted = {k: v for k, v in drift.items() if v > PSI_WARNING}
+    yield dg.AssetCheckResult(
+        check_name="propensity_scores_drift", passed=not drifted, severity=dg.AssetCheckSeverity.WARN,
+        description=(f"PSI above {PSI_WARNING} for {drifted}" if drifted else
+                     f"PSI vs the previous scoring: {drift}" if drift else "first scoring of these batches"),
+        metadata={"psi": dg.MetadataValue.json(drift)})
+
+
+def score_problems(scores: pa.Table, profiles_in_batch: int) -> list[str]:
+    """What is wrong with a batch's scores, if anything: the contract downstream relies on."""
+    problems = []
+    propensity = scores["propensity"]
+    if scores.num_rows != profiles_in_batch:
+        problems.append(f"{scores.num_rows} scores for {profiles_in_batch} profiles")
+    if propensity.null_count or scores["userid"].null_count:
+        problems.append(f"{propensity.null_count} null scores")
+    values = propensity.to_numpy(zero_copy_only=False)
+    if values.size and not bool(np.all((values >= 0) & (values <= 1))):
+        problems.append(f"scores outside [0, 1] (min {np.nanmin(values)}, max {np.nanmax(values)})")
+    if len(pc.unique(scores["userid"])) != scores.num_rows:
+        problems.append("duplicate userids")
+    return problems
+
+
+def _previous_scores(storage: Storage, parent: str) -> np.ndarray | None:
+    try:
+        manifest = storage.latest_complete(parent)
+    except StorageError:
+        return None
+    return storage.read_table(manifest, columns=["propensity"])["propensity"].to_numpy()
+
+
+@dg.asset(deps=["propensity_scores"], partitions_def=profile_batches, backfill_policy=SINGLE_RUN,
+          group_name="scoring", kinds={"postgres", "aep"},
+          description="The batch's scores file ingested as one batch into the profile-enabled dataset "
+                      "cmle_propensity_scores (the reference's _{tenant}.propensity); the latest score per "
+                      "profile wins, as profile merge does. Re-ingesting the same file adds nothing.")
+def aep_propensity_scores(context: dg.AssetExecutionContext, platform: Platform, storage: Storage):
+    dataset = platform.ensure_dataset(PROPENSITY_SCORES)
+    landed = []
+    for key in context.partition_keys:
+        manifest = storage.latest_complete(scores_parent(dataset.id, key))
+        with tempfile.TemporaryDirectory(prefix="aep-scores-") as tmp:
+            paths = []
+            for index, file_key in enumerate(manifest.files):
+                path = Path(tmp) / f"part-{index:05d}.parquet"
+                storage.get_file(file_key, path)
+                paths.append(path)
+            digest = "-".join(file_digest(p) for p in paths)
+            started = time.monotonic()
+            batch = platform.ingest_batch(dataset, PROPENSITY_SCORES, paths, idempotency_key=digest)
+        landed.append({"profile_batch": key, "batch_id": batch.id, "records": batch.record_count,
+                       "seconds": round(time.monotonic() - started, 3), "source": storage.uri(manifest.prefix)})
+        context.log.info(f"batch {key}: scores batch {batch.id} with {batch.record_count} records")
+    return dg.MaterializeResult(metadata={
+        "dataset_id": dataset.id, "dagster/row_count": sum(b["records"] or 0 for b in landed),
+        "batches": dg.MetadataValue.md(pl.DataFrame(landed).to_pandas().to_markdown(index=False))})

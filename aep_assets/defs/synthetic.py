@@ -1,0 +1,103 @@
+"""Synthetic customers and their behaviour: the outside source whose batches land in the platform."""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from aep_assets.defs.metadata import preview, table
+from aep_assets.lib import synthetic
+from aep_assets.lib.features import DEFAULT_CUTOFF_DAYS_BEFORE_END, DEFAULT_HORIZON_DAYS
+from aep_assets.lib.source_files import SourceFolder, timeline_of
+from aep_assets.settings import assets_home, default_profiles
+
+
+class SyntheticDataConfig(dg.Config):
+    """Size and shape of the synthetic population (the reference: 100k users in 10 batches)."""
+
+    profiles: int = Field(default=0, description="Profiles to generate; 0 means $AEP_ASSETS_PROFILES (100000).")
+    batches: int = Field(default=10, description="Profile batches, each landing as one platform batch.")
+    seed: int = Field(default=42, description="Same seed, same data.")
+    timeline_end: str = Field(default="", description="ISO date the 10-week timeline ends; empty: today 00:00 UTC.")
+    weeks: int = Field(default=10)
+    cutoff_days_before_end: float = Field(default=DEFAULT_CUTOFF_DAYS_BEFORE_END,
+                                          description="Observation cutoff of the ground truth (oracle).")
+    horizon_days: float = Field(default=DEFAULT_HORIZON_DAYS, description="Label horizon of the ground truth.")
+
+    def generator_config(self) -> synthetic.SyntheticConfig:
+        return synthetic.SyntheticConfig(
+            profiles=self.profiles or default_profiles(), batches=self.batches, seed=self.seed,
+            end=timeline_end(self.timeline_end), weeks=self.weeks,
+            cutoff_days_before_end=self.cutoff_days_before_end, horizon_days=self.horizon_days)
+
+
+def timeline_end(value: str) -> datetime:
+    """The configured end, or the start of today (UTC): events never lie in the future."""
+    if value:
+        end = datetime.fromisoformat(value)
+        return end if end.tzinfo else end.replace(tzinfo=timezone.utc)
+    return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def source_folder() -> SourceFolder:
+    return SourceFolder(assets_home() / "synthetic")
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("synthetic_profiles", group_name="synthetic", kinds={"python", "parquet"},
+                     description="Synthetic customer profiles (names, email, ECID-style userid, location), "
+                                 "one parquet file per profile batch, as a CRM would drop them."),
+        dg.AssetSpec("synthetic_experience_events", group_name="synthetic", kinds={"python", "parquet"},
+                     description="Ten weeks of email, web, commerce, advertising and decisioning events of "
+                                 "those profiles, with conversions (web.formFilledOut) from the reference's "
+                                 "propensity process, and the generator's ground truth for the oracle AUC."),
+    ],
+)
+def synthetic_data(context: dg.AssetExecutionContext, config: SyntheticDataConfig):
+    """Generate profiles and events batch by batch (bounded memory) and publish them in one swap."""
+    generator_config = config.generator_config()
+    timeline = timeline_of(generator_config)
+    folder = source_folder()
+    staging = folder.staging()
+    profile_counts, event_frames, truth_frames = [], [], []
+    started = datetime.now(timezone.utc)
+    for batch in range(generator_config.batches):
+        data = synthetic.generate_batch(generator_config, batch)
+        folder.write_batch(staging, batch, data, timeline)
+        profile_counts.append(data.profiles.height)
+        event_frames.append(data.events.group_by("event_type").len())
+        truth_frames.append(data.truth.select("converted_before_cutoff", "converted_in_horizon"))
+        if batch == 0:
+            first = data
+        context.log.info(f"generated batch {batch + 1}/{generator_config.batches}: "
+                         f"{data.profiles.height} profiles, {data.events.height} events")
+    folder.publish(staging, timeline)
+    seconds = (datetime.now(timezone.utc) - started).total_seconds()
+
+    per_type = (pl.concat(event_frames).group_by("event_type").agg(pl.col("len").sum().alias("events"))
+                .sort("events", descending=True))
+    events_total = int(per_type["events"].sum())
+    truth = pl.concat(truth_frames)
+    converted = int(per_type.filter(pl.col("event_type") == synthetic.TARGET_EVENT)["events"].sum())
+    profiles_total = sum(profile_counts)
+    common = {"timeline": f"{timeline.start:%Y-%m-%d} to {timeline.end:%Y-%m-%d}",
+              "folder": dg.MetadataValue.path(str(folder.current)), "batches": generator_config.batches,
+              "seed": generator_config.seed}
+    yield dg.MaterializeResult(asset_key="synthetic_profiles", metadata={
+        **common, "dagster/row_count": profiles_total,
+        "profiles_per_batch": dg.MetadataValue.json(profile_counts),
+        "preview": preview(first.profiles.drop("batch")),
+    })
+    yield dg.MaterializeResult(asset_key="synthetic_experience_events", metadata={
+        **common, "dagster/row_count": events_total,
+        "events_per_profile": round(events_total / max(profiles_total, 1), 2),
+        "conversion_rate": round(converted / max(profiles_total, 1), 4),
+        "horizon_conversion_rate": round(float(truth.filter(~pl.col("converted_before_cutoff"))
+                                               ["converted_in_horizon"].mean() or 0.0), 4),
+        "events_per_type": table(per_type),
+        "generation_seconds": round(seconds, 2),
+        "events_per_second": round(events_total / max(seconds, 1e-9)),
+        "preview": preview(first.events.drop("batch")),
+    })

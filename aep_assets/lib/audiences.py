@@ -1,0 +1,68 @@
+"""Audiences by propensity interval: the configured tiers and their reach."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from aep_assets.lib import names, sql
+
+
+@dataclass(frozen=True)
+class Interval:
+    name: str
+    lower: float
+    upper: float
+    description: str = ""
+
+    def __post_init__(self):
+        names.audience_name(self.name)
+        if not (0.0 <= self.lower < self.upper <= 1.000001):
+            raise ValueError(f"audience {self.name!r}: interval [{self.lower}, {self.upper}) must satisfy "
+                             "0 <= lower < upper <= 1")
+
+
+DEFAULT_INTERVALS = (
+    Interval("Propensity - very high", 0.5, 1.000001, "Most likely to convert: sales follow-up"),
+    Interval("Propensity - high", 0.2, 0.5, "Likely: a targeted offer"),
+    Interval("Propensity - medium", 0.05, 0.2, "Warm: nurture campaign"),
+    Interval("Propensity - low", 0.0, 0.05, "Cold: suppress from paid media"),
+    Interval("Propensity 0.2 to 0.93 - reference", 0.2, 0.93, "The CMLE reference's hand-picked range"),
+)
+
+
+def reach_table(propensity: np.ndarray, intervals: list[Interval]) -> pl.DataFrame:
+    """Profiles per audience, share of scored profiles, and the cumulative reach of the tiers
+    taken from the highest interval down (profiles counted once)."""
+    total = len(propensity)
+    rows = []
+    ordered = sorted(intervals, key=lambda i: -i.lower)
+    covered = np.zeros(total, dtype=bool)
+    for interval in ordered:
+        members = (propensity >= interval.lower) & (propensity < interval.upper)
+        covered |= members
+        rows.append({"audience": interval.name, "interval": f"[{interval.lower:g}, {min(interval.upper, 1):g})",
+                     "profiles": int(members.sum()), "share": float(members.mean()) if total else 0.0,
+                     "cumulative_reach": int(covered.sum())})
+    return pl.DataFrame(rows)
+
+
+def latest_scores(scores_table: str) -> sql.Fragment:
+    """The profile view of the scores dataset (latest score per profile) as a subquery."""
+    return sql.Fragment(sql.substitute(sql.load("latest_scores"), scores=sql.Identifier(scores_table)))
+
+
+def members_sql(dialect: sql.Dialect, scores_table: str, lower: float, upper: float) -> str:
+    return sql.transpile(sql.substitute(sql.load("audience_members"), latest_scores=latest_scores(scores_table),
+                                        lower=lower, upper=upper), dialect)
+
+
+def latest_propensities_sql(dialect: sql.Dialect, scores_table: str) -> str:
+    return sql.transpile(sql.substitute(sql.load("latest_propensities"),
+                                        latest_scores=latest_scores(scores_table)), dialect)
+
+
+def activation_parent(audience_name: str) -> str:
+    return f"cmle/activation/{names.slug(audience_name)}"

@@ -1,0 +1,137 @@
+"""The platform datasets of the workflow, as XDM-like specs, and the validation of an incoming batch.
+
+A spec says what the platform accepts: columns and Arrow types, the identity column (ECID
+namespace, primary), whether identities are unique within a batch (profile records), allowed
+values (event types), and which timestamp must not lie in the future. The same spec drives the
+local PostgreSQL DDL and the XDM schema in AEP mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aep_assets.lib.synthetic import EVENT_TYPES
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    schema: pa.Schema
+    identity: str = "userid"
+    profile_enabled: bool = False
+    unique_identity: bool = False
+    allowed_values: dict[str, frozenset[str]] = field(default_factory=dict)
+    not_in_future: str | None = None
+    description: str = ""
+
+
+PROFILES = DatasetSpec(
+    name="cmle_profiles",
+    description="CMLE synthetic customer profiles (XDM Individual Profile)",
+    schema=pa.schema([
+        ("userid", pa.string()), ("email", pa.string()), ("first_name", pa.string()),
+        ("last_name", pa.string()), ("country", pa.string()), ("city", pa.string()),
+        ("created_at", TIMESTAMP),
+    ]),
+    profile_enabled=True,
+    unique_identity=True,
+    not_in_future="created_at",
+)
+
+EXPERIENCE_EVENTS = DatasetSpec(
+    name="cmle_experience_events",
+    description="CMLE synthetic experience events (XDM ExperienceEvent)",
+    schema=pa.schema([
+        ("event_id", pa.string()), ("userid", pa.string()), ("event_type", pa.string()),
+        ("timestamp", TIMESTAMP), ("produced_by", pa.string()), ("page_name", pa.string()),
+        ("page_url", pa.string()), ("campaign_id", pa.string()),
+    ]),
+    profile_enabled=True,
+    allowed_values={"event_type": frozenset(EVENT_TYPES)},
+    not_in_future="timestamp",
+)
+
+PROPENSITY_SCORES = DatasetSpec(
+    name="cmle_propensity_scores",
+    description="Propensity scores per profile (the reference's _{tenant}.propensity), profile-enabled",
+    schema=pa.schema([
+        ("userid", pa.string()), ("propensity", pa.float64()), ("decile", pa.int32()),
+        ("model_name", pa.string()), ("model_version", pa.string()), ("scored_at", TIMESTAMP),
+        ("profile_batch", pa.string()),
+    ]),
+    profile_enabled=True,
+    unique_identity=True,
+)
+
+ALL = (PROFILES, EXPERIENCE_EVENTS, PROPENSITY_SCORES)
+
+
+class BatchValidationError(ValueError):
+    """A batch does not fit its dataset; the message names the batch source and the problem."""
+
+
+def conform(table: pa.Table, spec: DatasetSpec, source: str, now: datetime | None = None) -> pa.Table:
+    """The table with the spec's columns in order and types, or a BatchValidationError naming `source`."""
+    problems: list[str] = []
+    if table.num_rows == 0:
+        raise BatchValidationError(f"{source}: empty batch (0 rows) for dataset {spec.name}")
+    missing = [name for name in spec.schema.names if name not in table.column_names]
+    if missing:
+        raise BatchValidationError(f"{source}: missing column(s) {missing} required by dataset {spec.name}")
+    columns = []
+    for target in spec.schema:
+        column = table.column(target.name)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        if column.type != target.type:
+            if not _castable(column.type, target.type):
+                problems.append(f"column {target.name!r} has type {column.type}, expected {target.type}")
+                columns.append(column)
+                continue
+            column = column.cast(target.type)
+        columns.append(column)
+    if problems:
+        raise BatchValidationError(f"{source}: " + "; ".join(problems))
+    conformed = pa.Table.from_arrays(columns, schema=spec.schema)
+
+    identity = conformed.column(spec.identity)
+    nulls = identity.null_count + pc.sum(pc.equal(pc.utf8_length(identity), 0)).as_py() if len(identity) else 0
+    if nulls:
+        problems.append(f"{nulls} row(s) without identity {spec.identity!r}")
+    if spec.unique_identity:
+        distinct = pc.count_distinct(identity).as_py()
+        if distinct != conformed.num_rows - identity.null_count:
+            problems.append(f"duplicate {spec.identity!r} values within the batch "
+                            f"({conformed.num_rows - distinct} repeated)")
+    for column_name, allowed in spec.allowed_values.items():
+        values = pc.unique(conformed.column(column_name)).to_pylist()
+        unknown = sorted(str(v) for v in values if v not in allowed)
+        if unknown:
+            problems.append(f"unknown {column_name} value(s) {unknown[:5]}")
+    if spec.not_in_future:
+        latest = pc.max(conformed.column(spec.not_in_future)).as_py()
+        limit = now or datetime.now(timezone.utc)
+        if latest is not None and latest > limit:
+            problems.append(f"{spec.not_in_future} in the future (latest {latest.isoformat()})")
+    if problems:
+        raise BatchValidationError(f"{source}: " + "; ".join(problems))
+    return conformed
+
+
+def _castable(source: pa.DataType, target: pa.DataType) -> bool:
+    """Only lossless widenings; a string where a number is expected is an error, not a guess."""
+    if pa.types.is_timestamp(target):
+        return pa.types.is_timestamp(source)
+    if pa.types.is_floating(target):
+        return pa.types.is_floating(source) or pa.types.is_integer(source)
+    if pa.types.is_integer(target):
+        return pa.types.is_integer(source)
+    if pa.types.is_string(target):
+        return pa.types.is_string(source) or pa.types.is_large_string(source)
+    return False

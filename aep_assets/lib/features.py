@@ -1,0 +1,68 @@
+"""Feature and label definitions shared by training and scoring: one source, so no serving skew.
+
+Both use `sql/user_features.sql`; training adds the point-in-time label, scoring restricts the
+profiles to one profile batch and computes features as of now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from aep_assets.lib import sql
+from aep_assets.lib.sql import Fragment, Identifier
+
+ID_COLUMN = "userid"
+LABEL_COLUMN = "label"
+DEFAULT_HORIZON_DAYS = 14.0
+DEFAULT_CUTOFF_DAYS_BEFORE_END = 14.0
+NON_FEATURE_COLUMNS = frozenset({ID_COLUMN, LABEL_COLUMN, "profile_batch"})
+
+
+@dataclass(frozen=True)
+class Window:
+    """Observation cutoff and label horizon: features before `cutoff`, label in [cutoff, horizon_end]."""
+
+    cutoff: datetime
+    horizon_end: datetime
+
+    @classmethod
+    def before_end(cls, end: datetime, cutoff_days_before_end: float = DEFAULT_CUTOFF_DAYS_BEFORE_END,
+                   horizon_days: float = DEFAULT_HORIZON_DAYS) -> Window:
+        cutoff = end - timedelta(days=cutoff_days_before_end)
+        return cls(cutoff, cutoff + timedelta(days=horizon_days))
+
+
+def _user_features(events: str, profiles: str, as_of: datetime, profile_filter: str) -> Fragment:
+    return Fragment(sql.substitute(sql.load("user_features"), events=Identifier(events),
+                                   profiles=Identifier(profiles), as_of=as_of,
+                                   profile_filter=Fragment(profile_filter)))
+
+
+def training_sql(dialect: sql.Dialect, events: str, profiles: str, window: Window) -> str:
+    """CTAS body of the training table."""
+    text = sql.substitute(sql.load("training_features"),
+                          user_features=_user_features(events, profiles, window.cutoff, "TRUE"),
+                          events=Identifier(events), cutoff=window.cutoff, horizon_end=window.horizon_end)
+    return sql.transpile(text, dialect)
+
+
+def scoring_sql(dialect: sql.Dialect, events: str, profiles: str, as_of: datetime, profile_batch: str) -> str:
+    """Features of the profiles of one profile batch, as of `as_of`."""
+    profile_filter = batch_filter(profile_batch)
+    text = sql.substitute(sql.load("scoring_features"),
+                          user_features=_user_features(events, profiles, as_of, profile_filter),
+                          profile_batch=profile_batch)
+    return sql.transpile(text, dialect)
+
+
+def batch_filter(profile_batch: str, alias: str = "p") -> Fragment:
+    """SQL condition selecting the profiles of one platform batch (Query Service's _acp_batchid)."""
+    column = f"{alias}._acp_batchid" if alias else "_acp_batchid"
+    return Fragment(sql.substitute(f"{column} = $batch", batch=profile_batch))
+
+
+def feature_columns(columns: Sequence[str]) -> list[str]:
+    """The model inputs among a feature table's columns, in table order."""
+    return [c for c in columns if c not in NON_FEATURE_COLUMNS]

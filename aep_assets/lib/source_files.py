@@ -1,0 +1,104 @@
+"""The synthetic source system's files: one parquet file per profile batch, as an outside system
+would drop them, plus the generator's ground truth (kept apart from the platform: evaluation only).
+
+Layout under `$AEP_ASSETS_HOME/synthetic/current/`: `profiles/batch=NNNNN.parquet`,
+`events/batch=NNNNN.parquet`, `truth/batch=NNNNN.parquet`, `timeline.json`. A new generation is
+written beside it and swapped in with one rename, so readers never see a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from aep_assets.lib.synthetic import SyntheticConfig, SyntheticData
+
+
+@dataclass(frozen=True)
+class Timeline:
+    start: datetime
+    end: datetime
+    cutoff: datetime
+    horizon_end: datetime
+
+    def to_json(self) -> str:
+        return json.dumps({k: v.isoformat() for k, v in self.__dict__.items()}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Timeline:
+        return cls(**{k: datetime.fromisoformat(v) for k, v in json.loads(text).items()})
+
+
+def timeline_of(config: SyntheticConfig) -> Timeline:
+    return Timeline(config.start, config.end, config.cutoff, config.cutoff + timedelta(days=config.horizon_days))
+
+
+def write_parquet(frame: pl.DataFrame, path: Path, compression: str = "zstd") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(frame.to_arrow(), path, compression=compression)
+    return path
+
+
+class SourceFolder:
+    """`root` is `$AEP_ASSETS_HOME/synthetic`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.current = self.root / "current"
+
+    def staging(self) -> Path:
+        path = self.root / f".staging-{os.getpid()}"
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def write_batch(self, folder: Path, batch: int, data: SyntheticData, timeline: Timeline) -> dict[str, Path]:
+        name = f"batch={batch:05d}.parquet"
+        truth = data.truth.with_columns(pl.lit(timeline.cutoff).dt.cast_time_unit("us").alias("cutoff"))
+        return {
+            "profiles": write_parquet(data.profiles.drop("batch"), folder / "profiles" / name),
+            "events": write_parquet(data.events.drop("batch"), folder / "events" / name),
+            "truth": write_parquet(truth, folder / "truth" / name),
+        }
+
+    def publish(self, staging: Path, timeline: Timeline) -> None:
+        """Swap a finished staging folder in as `current`."""
+        (staging / "timeline.json").write_text(timeline.to_json())
+        retired = self.root / f".retired-{os.getpid()}"
+        if self.current.exists():
+            os.replace(self.current, retired)
+        os.replace(staging, self.current)
+        if retired.exists():
+            shutil.rmtree(retired)
+
+    def files(self, kind: str) -> list[Path]:
+        folder = self.current / kind
+        if not folder.exists():
+            raise FileNotFoundError(f"no synthetic {kind} under {folder}: materialize the synthetic assets first")
+        return sorted(folder.glob("batch=*.parquet"))
+
+    def timeline(self) -> Timeline:
+        return Timeline.from_json((self.current / "timeline.json").read_text())
+
+    def truth(self) -> pl.DataFrame:
+        """Ground truth of every batch generated so far (initial load and simulated batches)."""
+        paths = self.files("truth") + sorted((self.root / "landed" / "truth").glob("batch=*.parquet"))
+        return pl.concat([pl.read_parquet(p) for p in paths]) if paths else pl.DataFrame()
+
+
+def file_digest(path: Path) -> str:
+    """Content hash: the idempotency key of a file-based batch."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,249 @@
+"""A PostgreSQL server the project starts by itself: the local stand-in for Experience Platform.
+
+One server per data directory. Any process (a run, the UI, the daemon, a test) calls
+`ensure_running()`; the first one creates and starts the server, the others reuse it. A file lock
+makes concurrent starts safe. As root the server runs as an unprivileged user, since initdb and
+pg_ctl refuse root.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+SUPERUSER = "aep"
+DATABASE = "aep"
+SEARCH_PATHS = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
+INSTALL_HINT = (
+    "PostgreSQL server binaries (initdb, pg_ctl) were not found. Install them: "
+    "Debian/Ubuntu `apt-get install -y postgresql`, macOS `brew install postgresql@16`; "
+    "or put their folder on PATH / set AEP_ASSETS_PG_BIN."
+)
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded server could not be found, created or started."""
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    host: str
+    port: int
+    user: str = SUPERUSER
+    dbname: str = DATABASE
+
+    @property
+    def conninfo(self) -> str:
+        return f"host={self.host} port={self.port} user={self.user} dbname={self.dbname}"
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+def find_bin_dir() -> Path:
+    explicit = os.environ.get("AEP_ASSETS_PG_BIN")
+    candidates = [explicit] if explicit else []
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(str(Path(on_path).resolve().parent))
+    candidates.extend(SEARCH_PATHS)
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
+            return Path(candidate)
+    raise EmbeddedPostgresError(INSTALL_HINT)
+
+
+def _server_user() -> str | None:
+    """The unprivileged account to run the server as, or None when we are not root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise EmbeddedPostgresError("running as root but no 'postgres' or 'nobody' user exists to run PostgreSQL")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedPostgres:
+    """The server in `root` (e.g. `$AEP_ASSETS_HOME/postgres`): data in `data/`, log in `server.log`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.data_dir = self.root / "data"
+        self.log_file = self.root / "server.log"
+        self.lock_file = self.root / "server.lock"
+        self.port_file = self.root / "port"
+
+    # --- public -------------------------------------------------------------------------------
+    def ensure_running(self, database: str = DATABASE) -> ServerAddress:
+        """Start the server unless it already answers; return where `database` (created if new) is."""
+        address = self._answering_address()
+        if address is None:
+            address = self._start()
+        address = ServerAddress(address.host, address.port, dbname=database)
+        self._create_database(address)
+        return address
+
+    def _start(self) -> ServerAddress:
+        with self._lock():
+            address = self._answering_address()
+            if address:
+                return address
+            bin_dir = find_bin_dir()
+            if not (self.data_dir / "PG_VERSION").exists():
+                self._initdb(bin_dir)
+            self._stop_stale(bin_dir)
+            port = _free_port()
+            self._run(bin_dir, "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60",
+                      "-o", f"-p {port} -k ''", "start")
+            self.port_file.write_text(str(port))
+            return ServerAddress("127.0.0.1", port)
+
+    def stop(self) -> bool:
+        """Stop the server if it runs; True when it was running."""
+        if not (self.data_dir / "postmaster.pid").exists():
+            return False
+        bin_dir = find_bin_dir()
+        with self._lock():
+            result = self._run(bin_dir, "pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", check=False)
+            return result.returncode == 0
+
+    # --- internals ----------------------------------------------------------------------------
+    def _answering_address(self) -> ServerAddress | None:
+        if not self.port_file.exists() or not (self.data_dir / "postmaster.pid").exists():
+            return None
+        try:
+            port = int(self.port_file.read_text().strip())
+        except ValueError:
+            return None
+        address = ServerAddress("127.0.0.1", port)
+        try:  # the maintenance database: the project's may not be created yet by the starting process
+            with psycopg.connect(f"host={address.host} port={port} user={SUPERUSER} dbname=postgres",
+                                 connect_timeout=3):
+                return address
+        except psycopg.OperationalError:
+            return None
+
+    @contextmanager
+    def _lock(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _run(self, bin_dir: Path, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        user = _server_user()
+        result = subprocess.run(
+            [str(bin_dir / tool), *args],
+            user=user,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            env={**os.environ, "LC_ALL": "C"},
+        )
+        if check and result.returncode != 0:
+            log_tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+            raise EmbeddedPostgresError(
+                f"{tool} failed in {self.root} (exit {result.returncode}): "
+                f"{result.stderr.strip() or result.stdout.strip()}\n{log_tail}"
+            )
+        return result
+
+    def _initdb(self, bin_dir: Path) -> None:
+        user = _server_user()
+        if self.data_dir.exists():
+            shutil.rmtree(self.data_dir)  # a half-made data dir from an interrupted initdb
+        self.data_dir.mkdir(parents=True)
+        if user:
+            pw = pwd.getpwnam(user)
+            for path in (self.root, self.data_dir):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            self._check_traversable(user)
+        self._run(bin_dir, "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
+                  "--no-locale", "-E", "UTF8", "--no-sync")
+        with open(self.data_dir / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\n# aep_assets: local-only embedded server\n"
+                "listen_addresses = '127.0.0.1'\n"
+                "max_connections = 200\n"
+                "shared_buffers = 256MB\n"
+                "work_mem = 16MB\n"
+                "maintenance_work_mem = 256MB\n"
+                "max_wal_size = 4GB\n"
+                "synchronous_commit = off\n"
+                "max_parallel_workers_per_gather = 2\n"
+                "timezone = 'UTC'\n"
+            )
+
+    def _check_traversable(self, user: str) -> None:
+        probe = subprocess.run(["test", "-w", str(self.data_dir)], user=user)
+        if probe.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"the server user {user!r} cannot reach {self.data_dir}: every parent folder must be "
+                "readable and searchable by it (chmod o+x), or set AEP_ASSETS_HOME elsewhere"
+            )
+
+    def _stop_stale(self, bin_dir: Path) -> None:
+        """A server left running on a port we lost track of, or a pid file left by a crash."""
+        if (self.data_dir / "postmaster.pid").exists():
+            self._run(bin_dir, "pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", check=False)
+
+    @staticmethod
+    def _create_database(address: ServerAddress) -> None:
+        with psycopg.connect(f"host={address.host} port={address.port} user={SUPERUSER} dbname=postgres",
+                             autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (address.dbname,)).fetchone():
+                return
+            try:
+                conn.execute(f'CREATE DATABASE "{address.dbname}"')
+            except psycopg.errors.UniqueViolation:
+                pass  # another process created it at the same moment
+            except psycopg.errors.DuplicateDatabase:
+                pass
+
+
+
+def main(argv: list[str]) -> int:
+    """`python -m aep_assets.resources.embedded_postgres start|stop|status` (used by `make stop`)."""
+    from aep_assets.settings import assets_home
+
+    server = EmbeddedPostgres(assets_home() / "postgres")
+    command = argv[0] if argv else "status"
+    if command == "start":
+        print(server.ensure_running().uri)
+    elif command == "stop":
+        print("stopped" if server.stop() else "not running")
+    elif command == "status":
+        address = server._answering_address()
+        print(address.uri if address else "not running")
+    else:
+        print(f"unknown command {command!r}: start | stop | status")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,363 @@
+"""`LocalPlatform`: Experience Platform on an embedded PostgreSQL server.
+
+Catalog tables mirror AEP's Catalog service (datasets, batches) and Segmentation (audiences);
+each dataset is a table with a `_acp_batchid` column; Query Service is the same server over the
+PostgreSQL protocol. Bulk data moves as Arrow through ADBC's binary COPY, never row by row.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+
+import adbc_driver_postgresql.dbapi as adbc
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, PrivateAttr
+
+from aep_assets.lib import audiences, names, sql
+from aep_assets.lib.datasets import BatchValidationError, DatasetSpec, conform
+from aep_assets.resources.embedded_postgres import EmbeddedPostgres, ServerAddress
+from aep_assets.resources.platform import (
+    Audience,
+    Batch,
+    BatchIngestionError,
+    Dataset,
+    Platform,
+    export_prefix,
+)
+from aep_assets.resources.storage import Manifest, Storage
+from aep_assets.settings import assets_home
+
+_CATALOG_DDL = """
+CREATE SCHEMA IF NOT EXISTS catalog;
+CREATE TABLE IF NOT EXISTS catalog.datasets (
+    id text PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    table_name text NOT NULL UNIQUE,
+    xdm_schema jsonb NOT NULL,
+    profile_enabled boolean NOT NULL,
+    created_ms bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalog.batches (
+    id text PRIMARY KEY,
+    dataset_id text NOT NULL REFERENCES catalog.datasets(id) ON DELETE CASCADE,
+    status text NOT NULL CHECK (status IN ('loading', 'success', 'failed')),
+    created_ms bigint NOT NULL,
+    completed_ms bigint,
+    record_count bigint,
+    error text,
+    idempotency_key text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS batches_one_success_per_key
+    ON catalog.batches (dataset_id, idempotency_key) WHERE status = 'success';
+CREATE INDEX IF NOT EXISTS batches_by_completion ON catalog.batches (dataset_id, status, completed_ms);
+CREATE TABLE IF NOT EXISTS catalog.audiences (
+    id text PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    description text NOT NULL,
+    expression text NOT NULL,
+    lower_bound double precision NOT NULL,
+    upper_bound double precision NOT NULL,
+    created_ms bigint NOT NULL,
+    updated_ms bigint NOT NULL
+);
+"""
+
+_NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+
+_PG_TYPES = {
+    pa.string(): "text",
+    pa.float64(): "double precision",
+    pa.int32(): "integer",
+    pa.int64(): "bigint",
+    pa.bool_(): "boolean",
+    pa.timestamp("us", tz="UTC"): "timestamptz",
+}
+
+
+def new_id(created_ms: int | None = None) -> str:
+    """Time-ordered ids (like AEP's batch ids), so sorting by id follows creation."""
+    stamp = created_ms if created_ms is not None else int(time.time() * 1000)
+    return f"{stamp:012x}{secrets.token_hex(6)}"
+
+
+class LocalPlatform(Platform):
+    """The embedded platform: a PostgreSQL server in `$AEP_ASSETS_HOME/postgres`, started on first use."""
+
+    home: str = Field(default="", description="Project data folder; empty means $AEP_ASSETS_HOME.")
+    database: str = Field(default="aep", description="Database on the embedded server (tests use their own).")
+    _address: ServerAddress | None = PrivateAttr(default=None)
+    _address_pid: int = PrivateAttr(default=0)
+
+    @property
+    def dialect(self) -> sql.Dialect:
+        return "postgres"
+
+    # --- connections --------------------------------------------------------------------------
+    @cached_property
+    def server(self) -> EmbeddedPostgres:
+        return EmbeddedPostgres((Path(self.home) if self.home else assets_home()) / "postgres")
+
+    def address(self) -> ServerAddress:
+        """Start the server if needed and create the catalog; cached for this process."""
+        if self._address is None or self._address_pid != os.getpid():
+            address = self.server.ensure_running(names.identifier(self.database, "database name"))
+            with psycopg.connect(address.conninfo, autocommit=True) as conn:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(4242)")  # concurrent first runs
+                    conn.execute(_CATALOG_DDL)
+            self._address, self._address_pid = address, os.getpid()
+        return self._address
+
+    @contextmanager
+    def connect(self):
+        """A psycopg 3 connection (autocommit) to the local Query Service."""
+        address = self.address()
+        try:
+            conn = psycopg.connect(address.conninfo, autocommit=True)
+        except psycopg.OperationalError:
+            self._address = None  # the server died since we cached it: start it again once
+            conn = psycopg.connect(self.address().conninfo, autocommit=True)
+        with conn:
+            yield conn
+
+    @contextmanager
+    def _arrow_connection(self):
+        with adbc.connect(self.address().uri) as conn:
+            yield conn
+
+    # --- catalog ------------------------------------------------------------------------------
+    def ensure_dataset(self, spec: DatasetSpec) -> Dataset:
+        table = names.identifier(spec.name, "dataset name")
+        columns = ", ".join(f"{names.quoted(f.name, 'column')} {_PG_TYPES[f.type]}" for f in spec.schema)
+        xdm = {f.name: str(f.type) for f in spec.schema}
+        with self.connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dataset:{table}",))
+            existing = self._dataset_row(conn, "name", spec.name)
+            if existing:
+                return existing
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {names.quoted(table)} ({columns}, _acp_batchid text NOT NULL)")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {names.quoted(table + '_batch')} "
+                         f"ON {names.quoted(table)} (_acp_batchid)")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {names.quoted(table + '_identity')} "
+                         f"ON {names.quoted(table)} ({names.quoted(spec.identity)})")
+            conn.execute(
+                f"INSERT INTO catalog.datasets VALUES (%s, %s, %s, %s, %s, {_NOW_MS})",
+                (secrets.token_hex(12), spec.name, table, psycopg.types.json.Jsonb(xdm), spec.profile_enabled),
+            )
+            return self._dataset_row(conn, "name", spec.name)
+
+    def find_dataset(self, name: str) -> Dataset | None:
+        with self.connect() as conn:
+            return self._dataset_row(conn, "name", name)
+
+    @staticmethod
+    def _dataset_row(conn, column: str, value: str) -> Dataset | None:
+        row = conn.execute(
+            f"SELECT id, name, table_name, profile_enabled, created_ms FROM catalog.datasets WHERE {column} = %s",
+            (value,),
+        ).fetchone()
+        return Dataset(*row) if row else None
+
+    def batch(self, batch_id: str) -> Batch | None:
+        """One batch by id, as the Catalog's /batches/{id}."""
+        with self.connect() as conn:
+            row = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM catalog.batches WHERE id = %s", (batch_id,)).fetchone()
+        return Batch(*row) if row else None
+
+    def batches(self, dataset: Dataset) -> list[Batch]:
+        """Every batch of a dataset, any status, oldest first."""
+        with self.connect() as conn:
+            rows = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM catalog.batches WHERE dataset_id = %s "
+                                "ORDER BY created_ms, id", (dataset.id,)).fetchall()
+        return [Batch(*row) for row in rows]
+
+    def completed_batches(self, dataset: Dataset, *, completed_after_ms: int = 0, limit: int | None = None
+                          ) -> list[Batch]:
+        with self.connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM catalog.batches WHERE dataset_id = %s "
+                "AND status IN ('success', 'failed') AND completed_ms >= %s ORDER BY completed_ms, id LIMIT %s",
+                (dataset.id, completed_after_ms, limit),
+            ).fetchall()
+        return [Batch(*row) for row in rows]
+
+    # --- ingestion ----------------------------------------------------------------------------
+    def ingest_batch(self, dataset: Dataset, spec: DatasetSpec, files: Sequence[Path], *,
+                     idempotency_key: str) -> Batch:
+        if not files:
+            raise BatchIngestionError(f"batch for dataset {dataset.name} has no files")
+        with self.connect() as guard:
+            # Held for the whole ingestion: concurrent requests for the same content run once, and a
+            # 'loading' batch whose owner died (lock released) is recognisable as abandoned.
+            guard.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"ingest:{dataset.id}:{idempotency_key}",))
+            existing = guard.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM catalog.batches WHERE dataset_id = %s AND idempotency_key = %s "
+                "AND status = 'success'", (dataset.id, idempotency_key)).fetchone()
+            if existing:
+                return Batch(*existing)
+            guard.execute(
+                f"UPDATE catalog.batches SET status = 'failed', completed_ms = {_NOW_MS}, "
+                "error = 'abandoned: the ingesting process stopped before completing the batch' "
+                "WHERE dataset_id = %s AND idempotency_key = %s AND status = 'loading'",
+                (dataset.id, idempotency_key))
+            batch_id = new_id()
+            guard.execute(
+                f"INSERT INTO catalog.batches (id, dataset_id, status, created_ms, idempotency_key) "
+                f"VALUES (%s, %s, 'loading', {_NOW_MS}, %s)", (batch_id, dataset.id, idempotency_key))
+            try:
+                table = self._read_batch_files(spec, files, batch_id)
+                with self._arrow_connection() as conn:
+                    with conn.cursor() as cursor:
+                        cursor.adbc_ingest(dataset.table, table, mode="append")
+                        cursor.execute(
+                            f"UPDATE catalog.batches SET status = 'success', record_count = {table.num_rows}, "
+                            f"completed_ms = {_NOW_MS} WHERE id = '{batch_id}'")
+                    conn.commit()
+            except Exception as error:
+                message = str(error) if isinstance(error, BatchValidationError) else f"{type(error).__name__}: {error}"
+                guard.execute(
+                    f"UPDATE catalog.batches SET status = 'failed', completed_ms = {_NOW_MS}, error = %s "
+                    "WHERE id = %s", (message[:4000], batch_id))
+                failed = self.batch(batch_id)
+                raise BatchIngestionError(
+                    f"batch {batch_id} of dataset {dataset.name} failed: {message}", failed) from error
+            finally:
+                guard.execute("SELECT pg_advisory_unlock(hashtext(%s))",
+                              (f"ingest:{dataset.id}:{idempotency_key}",))
+        return self.batch(batch_id)
+
+    @staticmethod
+    def _read_batch_files(spec: DatasetSpec, files: Sequence[Path], batch_id: str) -> pa.Table:
+        parts = []
+        for path in files:
+            try:
+                raw = pq.read_table(path)
+            except Exception as error:  # pyarrow raises several types for unreadable files
+                raise BatchValidationError(f"file {path}: not a readable parquet file ({error})") from error
+            parts.append(conform(raw, spec, f"file {path}"))
+        table = pa.concat_tables(parts)
+        if spec.unique_identity and len(parts) > 1:
+            table = conform(table, spec, f"batch files {[str(p) for p in files]}")
+        return table.append_column("_acp_batchid", pa.repeat(pa.scalar(batch_id), table.num_rows).cast(pa.string()))
+
+    # --- Query Service ------------------------------------------------------------------------
+    def query(self, text: str) -> pa.Table:
+        with self._arrow_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(text)
+            return cursor.fetch_arrow_table()
+
+    def execute(self, text: str) -> None:
+        """A statement with no result (DDL, DML)."""
+        with self.connect() as conn:
+            conn.execute(text)
+
+    def create_table_as(self, name: str, select: str) -> Dataset:
+        table = names.identifier(name, "dataset name")
+        staging = names.quoted(f"{table}__staging")
+        with self.connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dataset:{table}",))
+            conn.execute(f"DROP TABLE IF EXISTS {staging}")
+            conn.execute(f"CREATE TABLE {staging} AS {select}")
+            rows = conn.execute(f"SELECT count(*) FROM {staging}").fetchone()[0]
+            conn.execute(f"DROP TABLE IF EXISTS {names.quoted(table)}")
+            conn.execute(f"ALTER TABLE {staging} RENAME TO {names.quoted(table)}")
+            conn.execute(f"ANALYZE {names.quoted(table)}")
+            columns = conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
+                "ORDER BY ordinal_position", (table,)).fetchall()
+            xdm = psycopg.types.json.Jsonb(dict(columns))
+            dataset = self._dataset_row(conn, "name", name)
+            if dataset is None:
+                conn.execute(f"INSERT INTO catalog.datasets VALUES (%s, %s, %s, %s, false, {_NOW_MS})",
+                             (secrets.token_hex(12), name, table, xdm))
+                dataset = self._dataset_row(conn, "name", name)
+            else:
+                conn.execute("UPDATE catalog.datasets SET xdm_schema = %s WHERE id = %s", (xdm, dataset.id))
+            # As AEP does for CTAS output: the new content is one successful batch of the dataset.
+            conn.execute(
+                f"INSERT INTO catalog.batches (id, dataset_id, status, created_ms, completed_ms, record_count) "
+                f"VALUES (%s, %s, 'success', {_NOW_MS}, {_NOW_MS}, %s)", (new_id(), dataset.id, rows))
+            return dataset
+
+    def replace_slice(self, dataset: Dataset, key_column: str, key: str, select: str) -> int:
+        target = names.quoted(dataset.table)
+        with self.connect() as conn, conn.transaction():
+            conn.execute(f"DELETE FROM {target} WHERE {names.quoted(key_column, 'column')} = %s", (key,))
+            return conn.execute(f"INSERT INTO {target} {select}").rowcount
+
+    def ensure_table(self, name: str, like_select: str) -> Dataset:
+        """A dataset with the columns of `like_select` and no rows, created once (for replace_slice)."""
+        dataset = self.find_dataset(name)
+        if dataset is not None:
+            return dataset
+        return self.create_table_as(name, f"SELECT * FROM ({like_select}) AS shape WHERE FALSE")
+
+    def export_dataset(self, dataset: Dataset, storage: Storage, export_time: datetime) -> Manifest:
+        with self._arrow_connection() as conn, conn.cursor() as cursor:
+            columns = [c for c in self._columns(dataset.table) if c != "_acp_batchid"]
+            cursor.execute(f"SELECT {', '.join(names.quoted(c, 'column') for c in columns)} "
+                           f"FROM {names.quoted(dataset.table)}")
+            reader = cursor.fetch_record_batch()
+            return storage.write_parquet_parts(export_prefix(dataset, export_time), reader, schema=reader.schema)
+
+    def _columns(self, table: str) -> list[str]:
+        with self.connect() as conn:
+            rows = conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+                                "ORDER BY ordinal_position", (table,)).fetchall()
+        return [row[0] for row in rows]
+
+    # --- segmentation -------------------------------------------------------------------------
+    def upsert_audience(self, name: str, description: str, lower: float, upper: float,
+                        scores: Dataset) -> Audience:
+        names.audience_name(name)
+        expression = f"{scores.table}.propensity >= {lower!r} and {scores.table}.propensity < {upper!r}"
+        with self.connect() as conn:
+            conn.execute(
+                f"INSERT INTO catalog.audiences VALUES (%s, %s, %s, %s, %s, %s, {_NOW_MS}, {_NOW_MS}) "
+                "ON CONFLICT (name) DO UPDATE SET description = EXCLUDED.description, "
+                "expression = EXCLUDED.expression, lower_bound = EXCLUDED.lower_bound, "
+                "upper_bound = EXCLUDED.upper_bound, updated_ms = EXCLUDED.updated_ms "
+                "WHERE (catalog.audiences.expression, catalog.audiences.description) "
+                "IS DISTINCT FROM (EXCLUDED.expression, EXCLUDED.description)",
+                (secrets.token_hex(12), name, description, expression, lower, upper))
+        return next(a for a in self.audiences() if a.name == name)
+
+    def audiences(self) -> list[Audience]:
+        with self.connect() as conn:
+            rows = conn.execute("SELECT id, name, description, expression, lower_bound, upper_bound, created_ms, "
+                                "updated_ms FROM catalog.audiences ORDER BY lower_bound, name").fetchall()
+        return [Audience(*row) for row in rows]
+
+    def delete_audience(self, audience: Audience) -> None:
+        """Remove an audience this project no longer configures."""
+        with self.connect() as conn:
+            conn.execute("DELETE FROM catalog.audiences WHERE id = %s", (audience.id,))
+
+    def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
+        return self.query(audiences.members_sql(self.dialect, scores.table, audience.lower, audience.upper))
+
+    def audience_size(self, audience: Audience, scores: Dataset) -> int:
+        return self.audience_members(audience, scores).num_rows
+
+    def activate_audience(self, audience: Audience, scores: Dataset, storage: Storage,
+                          export_time: datetime) -> Manifest:
+        parent = audiences.activation_parent(audience.name)
+        prefix = f"{parent}/exportTime={export_time:%Y%m%d%H%M%S}"
+        manifest = storage.write_table(prefix, self.audience_members(audience, scores), compression="zstd",
+                                       suffix=".parquet")
+        for older in storage.complete_writes(parent):
+            if older.prefix != prefix:
+                storage.delete_prefix(older.prefix)
+        return manifest
+
+
+_BATCH_COLUMNS = "id, dataset_id, status, created_ms, completed_ms, record_count, error, idempotency_key"

@@ -1,0 +1,161 @@
+"""The Experience Platform interface the assets talk to, and the records it returns.
+
+Two implementations: `LocalPlatform` (embedded PostgreSQL, the default) and `AEPPlatform`
+(Adobe's APIs through aepp, Query Service over psycopg). Assets only use the methods here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+
+from aep_assets.lib import sql
+from aep_assets.lib.datasets import DatasetSpec
+from aep_assets.resources.storage import Manifest, Storage
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    name: str
+    table: str
+    profile_enabled: bool
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: str
+    dataset_id: str
+    status: str  # loading | success | failed
+    created_ms: int
+    completed_ms: int | None
+    record_count: int | None
+    error: str | None
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True)
+class Audience:
+    id: str
+    name: str
+    description: str
+    expression: str  # PQL, as the Segmentation service stores it
+    lower: float
+    upper: float
+    created_ms: int
+    updated_ms: int
+
+
+class BatchIngestionError(RuntimeError):
+    """A batch failed; it is marked failed with this message and the dataset is unchanged."""
+
+    def __init__(self, message: str, batch: Batch | None = None):
+        super().__init__(message)
+        self.batch = batch
+
+
+class Platform(dg.ConfigurableResource, ABC):
+    """Catalog, batch ingestion, Query Service, dataset export, segmentation and destinations."""
+
+    @property
+    @abstractmethod
+    def dialect(self) -> sql.Dialect:
+        """The SQL dialect of this platform's Query Service."""
+
+    @abstractmethod
+    def ensure_dataset(self, spec: DatasetSpec) -> Dataset:
+        """The dataset named `spec.name`, created (with its schema) only if it does not exist."""
+
+    @abstractmethod
+    def find_dataset(self, name: str) -> Dataset | None:
+        """Look a dataset up by name in the catalog."""
+
+    @abstractmethod
+    def ingest_batch(self, dataset: Dataset, spec: DatasetSpec, files: Sequence[Path], *,
+                     idempotency_key: str) -> Batch:
+        """Land parquet files as one batch: whole and `success`, or absent and `failed`.
+
+        A successful batch with the same idempotency key makes this a no-op returning it.
+        """
+
+    @abstractmethod
+    def completed_batches(self, dataset: Dataset, *, completed_after_ms: int = 0, limit: int | None = None
+                          ) -> list[Batch]:
+        """Batches that reached success or failed at or after `completed_after_ms`, oldest first.
+
+        The sensor's view: ordered by completion, so a batch still loading when the sensor looked
+        is found once it completes.
+        """
+
+    @abstractmethod
+    def query(self, text: str) -> pa.Table:
+        """Run a SELECT through Query Service; the result as Arrow (small results only)."""
+
+    @abstractmethod
+    def create_table_as(self, name: str, select: str) -> Dataset:
+        """CTAS registered as a dataset; re-running replaces the table and keeps the dataset."""
+
+    @abstractmethod
+    def replace_slice(self, dataset: Dataset, key_column: str, key: str, select: str) -> int:
+        """Replace the rows of `dataset` whose `key_column = key` by the result of `select`, atomically."""
+
+    @abstractmethod
+    def export_dataset(self, dataset: Dataset, storage: Storage, export_time: datetime) -> Manifest:
+        """The dataset as gzip parquet under `cmle/egress/{dataset.id}/exportTime=.../` in storage."""
+
+    @abstractmethod
+    def upsert_audience(self, name: str, description: str, lower: float, upper: float,
+                        scores: Dataset) -> Audience:
+        """An audience of profiles whose latest propensity is in [lower, upper); updated in place by name."""
+
+    @abstractmethod
+    def audiences(self) -> list[Audience]:
+        """Every audience this project manages."""
+
+    @abstractmethod
+    def delete_audience(self, audience: Audience) -> None:
+        """Remove an audience this project no longer configures."""
+
+    @abstractmethod
+    def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
+        """The audience's current members: userid and propensity."""
+
+    @abstractmethod
+    def audience_size(self, audience: Audience, scores: Dataset) -> int:
+        """How many profiles the audience holds now (the segment job's count in AEP)."""
+
+    @abstractmethod
+    def activate_audience(self, audience: Audience, scores: Dataset, storage: Storage,
+                          export_time: datetime) -> Manifest:
+        """Export the members to the file destination under cmle/activation/{audience}/, replacing older exports."""
+
+    @abstractmethod
+    def ensure_table(self, name: str, like_select: str) -> Dataset:
+        """A dataset shaped like `like_select`, created empty once (for replace_slice)."""
+
+    # --- shared behaviour ---------------------------------------------------------------------
+    def render(self, name: str, **params: object) -> str:
+        """`sql/{name}.sql` in this platform's dialect."""
+        return sql.render(name, self.dialect, **params)
+
+    def find_dataset_or_fail(self, name: str) -> Dataset:
+        dataset = self.find_dataset(name)
+        if dataset is None:
+            raise LookupError(f"dataset {name!r} does not exist in the platform yet: materialize its asset first")
+        return dataset
+
+
+def export_prefix(dataset: Dataset, export_time: datetime) -> str:
+    """The reference's dataset-export layout."""
+    return f"cmle/egress/{dataset.id}/exportTime={export_time:%Y%m%d%H%M%S}"
+
+
+def export_parent(dataset: Dataset) -> str:
+    return f"cmle/egress/{dataset.id}"

@@ -1,0 +1,63 @@
+"""Real local resources for the tests: one embedded PostgreSQL server per session, a fresh
+database, storage folder and MLflow store per test that asks for them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before any project import: everything the tests write goes to a throwaway home that the
+# unprivileged PostgreSQL user can traverse (pytest's own tmp folders are private to root).
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="aep-assets-test-", dir="/tmp"))
+_SESSION_HOME.chmod(0o755)
+os.environ["AEP_ASSETS_HOME"] = str(_SESSION_HOME)
+os.environ["DAGSTER_HOME"] = str(_SESSION_HOME / "dagster")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+(_SESSION_HOME / "dagster").mkdir()
+
+from aep_assets.resources.embedded_postgres import EmbeddedPostgres  # noqa: E402
+from aep_assets.resources.local_platform import LocalPlatform  # noqa: E402
+from aep_assets.resources.storage import LocalStorage  # noqa: E402
+from aep_assets.resources.tracking import MlflowTracking  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def session_home() -> Path:
+    return _SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def embedded_server(session_home):
+    server = EmbeddedPostgres(session_home / "postgres")
+    server.ensure_running()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def platform(embedded_server, session_home) -> LocalPlatform:
+    """A LocalPlatform on its own empty database of the session's server."""
+    return LocalPlatform(home=str(session_home), database=f"test_{secrets.token_hex(4)}")
+
+
+@pytest.fixture
+def home(tmp_path_factory, monkeypatch) -> Path:
+    """A per-test AEP_ASSETS_HOME for storage, synthetic files and MLflow (the server stays shared)."""
+    path = Path(tempfile.mkdtemp(prefix="aep-home-", dir=_SESSION_HOME))
+    path.chmod(0o755)
+    monkeypatch.setenv("AEP_ASSETS_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def storage(home) -> LocalStorage:
+    return LocalStorage(root=str(home / "storage"))
+
+
+@pytest.fixture
+def tracking(home) -> MlflowTracking:
+    return MlflowTracking()

@@ -1,0 +1,135 @@
+"""LocalPlatform on the real embedded PostgreSQL: catalog, atomic idempotent batches, Query Service."""
+
+import subprocess
+import sys
+import tempfile
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from aep_assets.lib.datasets import PROFILES
+from aep_assets.resources.platform import BatchIngestionError
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def profiles_file(path, ids, **overrides):
+    columns = {
+        "userid": pa.array([f"{i:038d}" for i in ids]), "email": pa.array([f"u{i}@example.com" for i in ids]),
+        "first_name": pa.array(["Ada"] * len(ids)), "last_name": pa.array(["Lovelace"] * len(ids)),
+        "country": pa.array(["UK"] * len(ids)), "city": pa.array(["London"] * len(ids)),
+        "created_at": pa.array([NOW - timedelta(days=1)] * len(ids), pa.timestamp("us", "UTC")),
+    }
+    columns.update(overrides)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def row_count(platform, table="cmle_profiles"):
+    return platform.query(f'SELECT COUNT(*) AS n FROM "{table}"')["n"][0].as_py()
+
+
+def test_datasets_are_created_once_by_name(platform):
+    first = platform.ensure_dataset(PROFILES)
+    second = platform.ensure_dataset(PROFILES)
+    assert first == second
+    assert platform.find_dataset("cmle_profiles") == first
+    assert platform.query("SELECT COUNT(*) AS n FROM catalog.datasets")["n"][0].as_py() == 1
+
+
+def test_same_content_twice_adds_nothing(platform, tmp_path):
+    dataset = platform.ensure_dataset(PROFILES)
+    path = profiles_file(tmp_path / "a.parquet", range(100))
+    first = platform.ingest_batch(dataset, PROFILES, [path], idempotency_key="k1")
+    again = platform.ingest_batch(dataset, PROFILES, [path], idempotency_key="k1")
+    assert first.status == "success" and first.record_count == 100
+    assert again.id == first.id
+    assert row_count(platform) == 100
+    assert len(platform.batches(dataset)) == 1
+
+
+def test_a_failed_batch_leaves_the_dataset_unchanged(platform, tmp_path):
+    dataset = platform.ensure_dataset(PROFILES)
+    platform.ingest_batch(dataset, PROFILES, [profiles_file(tmp_path / "ok.parquet", range(10))],
+                          idempotency_key="ok")
+    bad = profiles_file(tmp_path / "bad.parquet", [1, 2, 2])
+    with pytest.raises(BatchIngestionError, match=r"bad.parquet.*duplicate 'userid'") as failure:
+        platform.ingest_batch(dataset, PROFILES, [bad], idempotency_key="bad")
+    assert failure.value.batch.status == "failed" and "duplicate" in failure.value.batch.error
+    assert row_count(platform) == 10
+
+
+def test_a_database_error_mid_copy_rolls_back_everything(platform, tmp_path):
+    dataset = platform.ensure_dataset(PROFILES)
+    # 10 valid rows, then one that violates a constraint added behind the platform's back: the
+    # COPY fails after rows were sent, and none of them may stay.
+    platform.execute('ALTER TABLE "cmle_profiles" ADD CONSTRAINT short_city CHECK (length(city) < 20)')
+    cities = ["London"] * 10 + ["X" * 30]
+    path = profiles_file(tmp_path / "late.parquet", range(11), city=pa.array(cities))
+    with pytest.raises(BatchIngestionError, match="short_city"):
+        platform.ingest_batch(dataset, PROFILES, [path], idempotency_key="late")
+    assert row_count(platform) == 0
+    assert [b.status for b in platform.batches(dataset)] == ["failed"]
+
+
+@pytest.mark.parametrize("problem,make,message", [
+    ("wrong type", lambda p: profiles_file(p, range(3), created_at=pa.array(["yesterday"] * 3)), "created_at"),
+    ("missing identity", lambda p: profiles_file(p, range(3), userid=pa.array([None, "1", "2"], pa.string())),
+     "without identity"),
+    ("empty", lambda p: profiles_file(p, []), "empty batch"),
+    ("future", lambda p: profiles_file(p, range(3), created_at=pa.array([NOW + timedelta(days=3)] * 3,
+                                                                           pa.timestamp("us", "UTC"))), "future"),
+    ("truncated", lambda p: p.write_bytes(profiles_file(p, range(50)).read_bytes()[:200]) and p, "parquet"),
+])
+def test_bad_input_names_file_and_problem(platform, tmp_path, problem, make, message):
+    dataset = platform.ensure_dataset(PROFILES)
+    path = make(tmp_path / f"{problem.replace(' ', '_')}.parquet")
+    with pytest.raises(BatchIngestionError, match=message) as failure:
+        platform.ingest_batch(dataset, PROFILES, [path], idempotency_key=problem)
+    assert path.name in str(failure.value)
+    assert row_count(platform) == 0
+
+
+def test_completed_batches_after_a_time(platform, tmp_path):
+    dataset = platform.ensure_dataset(PROFILES)
+    first = platform.ingest_batch(dataset, PROFILES, [profiles_file(tmp_path / "1.parquet", range(5))],
+                                  idempotency_key="1")
+    second = platform.ingest_batch(dataset, PROFILES, [profiles_file(tmp_path / "2.parquet", range(5, 9))],
+                                   idempotency_key="2")
+    assert [b.id for b in platform.completed_batches(dataset)] == [first.id, second.id]
+    later = platform.completed_batches(dataset, completed_after_ms=second.completed_ms)
+    assert [b.id for b in later] == [second.id]
+    assert platform.completed_batches(dataset, completed_after_ms=second.completed_ms + 1) == []
+
+
+def test_two_processes_starting_the_server_at_once_share_one(session_home):
+    home = Path(tempfile.mkdtemp(prefix="race-", dir=session_home))
+    home.chmod(0o755)
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from aep_assets.resources.embedded_postgres import EmbeddedPostgres
+        print(EmbeddedPostgres(Path({str(home / 'postgres')!r})).ensure_running().port)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    ports = [p.communicate(timeout=120)[0].strip() for p in procs]
+    try:
+        assert all(p.returncode == 0 for p in procs)
+        assert ports[0] == ports[1]
+        postmasters = subprocess.run(["pgrep", "-f", f"postgres -D {home}"], capture_output=True, text=True)
+        assert len(postmasters.stdout.split()) == 1
+    finally:
+        from aep_assets.resources.embedded_postgres import EmbeddedPostgres
+
+        EmbeddedPostgres(home / "postgres").stop()
+
+
+def test_create_table_as_replaces_and_keeps_the_dataset(platform):
+    first = platform.create_table_as("cmle_ctas_probe", "SELECT 1 AS x")
+    second = platform.create_table_as("cmle_ctas_probe", "SELECT 2 AS x UNION ALL SELECT 3")
+    assert first.id == second.id
+    assert sorted(platform.query('SELECT x FROM "cmle_ctas_probe"')["x"].to_pylist()) == [2, 3]
+    assert platform.query("SELECT COUNT(*) AS n FROM catalog.datasets WHERE name = 'cmle_ctas_probe'")["n"][0].as_py() == 1

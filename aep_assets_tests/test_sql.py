@@ -1,0 +1,53 @@
+"""The SQL files render for both dialects: PostgreSQL runs for real elsewhere; Spark text parses."""
+
+from datetime import datetime, timezone
+
+import pytest
+import sqlglot
+
+from aep_assets.lib import audiences, features, sql
+from aep_assets.lib.names import InvalidNameError
+
+CUTOFF = datetime(2026, 3, 1, tzinfo=timezone.utc)
+WINDOW = features.Window(CUTOFF, datetime(2026, 3, 15, tzinfo=timezone.utc))
+
+
+def test_minutes_between_is_expanded_per_dialect():
+    postgres = features.training_sql("postgres", "cmle_experience_events", "cmle_profiles", WINDOW)
+    spark = features.training_sql("spark", "cmle_experience_events", "cmle_profiles", WINDOW)
+    assert "MINUTES_BETWEEN" not in postgres.upper() and "MINUTES_BETWEEN" not in spark.upper()
+    assert "EXTRACT(EPOCH FROM" in postgres
+    assert "UNIX_TIMESTAMP(" in spark and "EPOCH" not in spark
+    sqlglot.parse_one(spark, read="spark")  # valid Query Service (Spark SQL) text
+
+
+@pytest.mark.parametrize("name", ["training", "scoring", "members", "propensities"])
+def test_every_statement_parses_as_spark(name):
+    text = {
+        "training": lambda: features.training_sql("spark", "ev", "pr", WINDOW),
+        "scoring": lambda: features.scoring_sql("spark", "ev", "pr", CUTOFF, "0190abcdef0123"),
+        "members": lambda: audiences.members_sql("spark", "scores", 0.2, 0.93),
+        "propensities": lambda: audiences.latest_propensities_sql("spark", "scores"),
+    }[name]()
+    tree = sqlglot.parse_one(text, read="spark")
+    assert tree.find(sqlglot.exp.Select) is not None
+
+
+def test_dismiss_recency_uses_the_full_event_type():
+    text = sql.load("user_features")
+    assert "'decisioning.propositionDismiss' THEN e.timestamp" in text
+    assert "'propositionDismiss'" not in text
+
+
+def test_identifiers_are_validated_before_any_sql():
+    with pytest.raises(InvalidNameError, match="DROP TABLE"):
+        features.training_sql("postgres", "x; DROP TABLE cmle_profiles", "cmle_profiles", WINDOW)
+    with pytest.raises(sql.SqlTemplateError, match="quote"):
+        sql.literal("o'brien")
+    with pytest.raises(sql.SqlTemplateError, match="timezone"):
+        sql.literal(datetime(2026, 1, 1))
+
+
+def test_missing_placeholder_names_it():
+    with pytest.raises(sql.SqlTemplateError, match=r"\$events"):
+        sql.substitute("SELECT * FROM $events")
