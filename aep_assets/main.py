@@ -59,7 +59,7 @@ def summary(instance: dg.DagsterInstance, timings: dict) -> str:
         f"(conversion rate {events.get('conversion_rate')})",
         f"  model AUC {model.get('model_auc')}  vs  oracle AUC {model.get('oracle_auc')}  "
         f"(PR AUC {model.get('pr_auc')}, version {model.get('registered_version')}, "
-        f"champion: {'yes' if model.get('promoted') else 'no, gate failed'})",
+        f"champion: {'yes' if model.get('gate_passed') else 'no, gate failed'})",
         f"  training export  {export.get('path')}",
         f"  MLflow run       {model.get('mlflow_run')}",
         "  audiences (profiles per interval):",

@@ -9,6 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from aep_assets.definitions import build_definitions
+from aep_assets.defs.training import propensity_model
+from aep_assets.lib.audiences import latest_scores
 from aep_assets.lib.datasets import PROFILES, PROPENSITY_SCORES
 from aep_assets.main import run_all, summary
 from aep_assets.resources.local_platform import LocalPlatform
@@ -74,7 +76,7 @@ def test_every_profile_has_exactly_one_latest_score(pipeline):
 
 def test_model_is_champion_and_close_to_the_oracle(pipeline):
     meta = materialized(pipeline["instance"], "propensity_model").asset_materialization.metadata
-    assert meta["promoted"].value is True
+    assert meta["promoted"].value is True and meta["gate_passed"].value is True
     assert isinstance(meta["oracle_auc"].value, float)
     assert meta["model_auc"].value > 0.6
     champion = pipeline["resources"]["mlflow_tracking"].champion_version()
@@ -109,3 +111,51 @@ def test_export_and_activation_files_are_readable(pipeline):
 def test_summary_names_auc_and_oracle(pipeline):
     text = summary(pipeline["instance"], pipeline["timings"])
     assert "model AUC" in text and "oracle AUC" in text and "cmle/activation" in text
+
+
+def test_rerunning_everything_duplicates_nothing(pipeline):
+    """A second full run: same datasets, batches, audiences and activation files; no second model version."""
+    platform, storage = pipeline["resources"]["platform"], pipeline["resources"]["storage"]
+    tracking = pipeline["resources"]["mlflow_tracking"]
+    before = {
+        "datasets": platform.query("SELECT name FROM catalog.datasets ORDER BY name")["name"].to_pylist(),
+        "profile_batches": platform.batches(platform.find_dataset(PROFILES.name)),
+        "event_rows": platform.query('SELECT COUNT(*) AS n FROM "cmle_experience_events"')["n"][0].as_py(),
+        "audiences": [a.id for a in platform.audiences()],
+        "versions": len(tracking.client().search_model_versions("name='cmle_propensity_model'")),
+    }
+    run_all(pipeline["defs"], pipeline["instance"], SMALL)
+    assert platform.query("SELECT name FROM catalog.datasets ORDER BY name")["name"].to_pylist() == before["datasets"]
+    assert platform.batches(platform.find_dataset(PROFILES.name)) == before["profile_batches"]
+    assert platform.query('SELECT COUNT(*) AS n FROM "cmle_experience_events"')["n"][0].as_py() == before["event_rows"]
+    assert [a.id for a in platform.audiences()] == before["audiences"]
+    assert len(tracking.client().search_model_versions("name='cmle_propensity_model'")) == before["versions"]
+    for audience in platform.audiences():
+        manifests = list(storage.root_path.glob("cmle/activation/*/exportTime=*/_manifest.json"))
+        assert len(manifests) == len(before["audiences"]), audience.name
+    latest = platform.query(
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT userid) AS d FROM (" +
+        latest_scores(PROPENSITY_SCORES.name) + ") AS l")
+    assert latest["n"][0].as_py() == latest["d"][0].as_py() == 4000
+
+
+def test_a_broken_export_fails_the_gate_and_keeps_the_champion(pipeline):
+    """Labels shuffled in a newer export: the blocking checks fail and the alias does not move."""
+    import polars as pl
+
+    from aep_assets.resources.platform import export_parent
+
+    platform, storage = pipeline["resources"]["platform"], pipeline["resources"]["storage"]
+    tracking = pipeline["resources"]["mlflow_tracking"]
+    champion_before = tracking.champion_version().version
+    dataset = platform.find_dataset("cmle_training_features")
+    frame = pl.from_arrow(storage.read_table(storage.latest_complete(export_parent(dataset))))
+    shuffled = frame.with_columns(pl.col("label").shuffle(seed=1))
+    storage.write_table(f"{export_parent(dataset)}/exportTime=29991231235959", shuffled.to_arrow())
+    result = dg.materialize([propensity_model],
+                            instance=pipeline["instance"], resources=pipeline["resources"], raise_on_error=False)
+    assert not result.success
+    evaluations = result.get_asset_check_evaluations()
+    failed = {e.check_name for e in evaluations if not e.passed}
+    assert "propensity_model_auc_floor" in failed  # the oracle is as lost as the model on shuffled labels
+    assert tracking.champion_version().version == champion_before

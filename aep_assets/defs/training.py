@@ -1,5 +1,6 @@
 """The propensity model: trained from the exported files only, tracked in MLflow, promoted through a gate."""
 
+import hashlib
 import json
 import tempfile
 import time
@@ -8,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import polars as pl
+import sklearn
 from pydantic import Field
 from sklearn.metrics import roc_auc_score
 
@@ -94,20 +96,29 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
             evaluation.deciles.write_csv(Path(tmp) / "deciles.csv")
             (Path(tmp) / "trials.json").write_text(json.dumps(model.trials, indent=2))
             mlflow.log_artifacts(tmp, artifact_path="evaluation")
-        signature = mlflow.models.infer_signature(model.x_test[:100], scores[:100])
-        logged = mlflow.sklearn.log_model(
-            model.estimator, name="model", signature=signature,
-            pip_requirements=[f"scikit-learn=={__import__('sklearn').__version__}"],  # inference costs seconds
-            registered_model_name=mlflow_tracking.registered_model_name,
-            skops_trusted_types=modeling.SKOPS_TRUSTED_TYPES[config.algorithm])
-    version = logged.registered_model_version
-    client = mlflow.MlflowClient()
-    client.set_model_version_tag(mlflow_tracking.registered_model_name, version, "features", json.dumps(model.features))
-    client.set_model_version_tag(mlflow_tracking.registered_model_name, version, "gate",
-                                 "passed" if gate.passed else "failed")
+        client = mlflow.MlflowClient()
+        fingerprint = training_fingerprint(frame, config)
+        same = client.search_model_versions(f"name='{mlflow_tracking.registered_model_name}' and "
+                                            f"tags.training_fingerprint='{fingerprint}'")
+        if same:  # the same data and config train the same model: no second version for it
+            version = same[0].version
+            context.log.info(f"same export and config as registered version {version}: not registering again")
+        else:
+            signature = mlflow.models.infer_signature(model.x_test[:100], scores[:100])
+            logged = mlflow.sklearn.log_model(
+                model.estimator, name="model", signature=signature,
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}"],  # inference costs seconds
+                registered_model_name=mlflow_tracking.registered_model_name,
+                skops_trusted_types=modeling.SKOPS_TRUSTED_TYPES[config.algorithm])
+            version = logged.registered_model_version
+            for tag, value in {"features": json.dumps(model.features), "training_fingerprint": fingerprint,
+                               "gate": "passed" if gate.passed else "failed", "dagster_run_id": context.run_id,
+                               "mlflow_run_id": run.info.run_id}.items():
+                client.set_model_version_tag(mlflow_tracking.registered_model_name, version, tag, value)
+    promoted = gate.passed and (champion is None or str(champion.version) != str(version))
     if gate.passed:
         client.set_registered_model_alias(mlflow_tracking.registered_model_name, CHAMPION, version)
-        context.log.info(f"version {version} is the new champion")
+        context.log.info(f"version {version} is the champion" + ("" if promoted else " (unchanged)"))
     else:
         context.log.warning(f"version {version} failed the gate; champion unchanged: {gate.summary()}")
 
@@ -116,7 +127,7 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
         "oracle_auc": round(oracle_auc, 4) if oracle_auc is not None else "no ground truth",
         "pr_auc": round(evaluation.pr_auc, 4), "log_loss": round(evaluation.log_loss, 5),
         "brier": round(evaluation.brier, 5), "base_rate": round(evaluation.base_rate, 5),
-        "registered_version": str(version), "promoted": gate.passed,
+        "registered_version": str(version), "promoted": promoted, "gate_passed": gate.passed,
         "champion_auc_before": round(champion_auc, 4) if champion_auc is not None else "none",
         "mlflow_run": dg.MetadataValue.text(mlflow_tracking.ui_url(run.info.run_id, experiment_id)),
         "mlflow_run_id": run.info.run_id, "training_export": dg.MetadataValue.path(storage.uri(manifest.prefix)),
@@ -131,6 +142,13 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
     for check_name, result in zip(CHECKS, gate.results):
         yield dg.AssetCheckResult(check_name=check_name, passed=result.passed, description=result.reason,
                                   metadata={"value": result.value, "threshold": result.threshold})
+
+
+def training_fingerprint(frame: pl.DataFrame, config: ModelConfig) -> str:
+    """Content of the training rows (order-independent) and the training config."""
+    digest = hashlib.sha256(frame.sort(ID_COLUMN).hash_rows(seed=0).to_numpy().tobytes())
+    digest.update(json.dumps(config.model_dump(), sort_keys=True).encode())
+    return digest.hexdigest()[:32]
 
 
 def oracle_on(test_ids: np.ndarray, y_test: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -427,7 +427,8 @@ def _clamp_scan(first: np.ndarray, start: np.ndarray, delta: np.ndarray, low: in
 
 # --- ground truth -------------------------------------------------------------------------------
 
-_ORACLE_UNITS_PER_CHUNK = 1 << 19
+_ORACLE_UNITS_PER_CHUNK = 1 << 16
+_JACK = __import__('os').environ.get('JACK') == '1'
 
 
 class _Past:
@@ -563,6 +564,14 @@ def _poisson(rng: np.random.Generator, lam: np.ndarray, at_least_one: bool = Fal
     return k
 
 
+_LOG_COUNTS = np.log(np.maximum(np.arange(4096), 1))
+
+
+def _log_count(n: np.ndarray) -> np.ndarray:
+    """log n for counts n >= 1 (by table: counts are small)."""
+    return _LOG_COUNTS[n] if n.size == 0 or n.max() < _LOG_COUNTS.size else np.log(np.maximum(n, 1))
+
+
 def _poisson_flat(rng: np.random.Generator, lam: float, size: int) -> np.ndarray:
     """iid Poisson(lam) counts: Poisson(lam x size) points thrown uniformly into `size` bins."""
     return np.bincount(rng.integers(0, size, rng.poisson(lam * size)), minlength=size).astype(np.int64)
@@ -623,24 +632,31 @@ def _oracle_chunk(clock: _Clock, weeks: int, draws: int, past: _Past, anchors: d
         f = nf[parent]
         pos = np.flatnonzero(f)
         g = lo + local[pos]
-        fp = f[pos].astype(np.float64)
-        unseen, mass = post.unseen[g], post.past_mass[g]
+        fp = f[pos]
+        count = post.count[g]
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_w[pos] += (np.where(unseen, np.log(mass + fp), post.lse[g]) - np.log(post.count[g] + fp)
-                           - post.const[g])
-            p_future = np.where(unseen, fp / (mass + fp), 0.0)
+            # a user who has seen children of the parent: the anchor is past, weight n_past / n
+            # (none past, for page views seen without any click: impossible, weight 0)
+            w = np.where(count > 0, _log_count(count) - _log_count(count + fp), -np.inf)
+            # no children seen: any of the n parents may be the anchor, past ones weighted by L_j
+            u = np.flatnonzero(post.unseen[g])
+            pu, gu, fu = pos[u], g[u], fp[u].astype(np.float64)
+            mass = post.past_mass[gu]
+            w[u] = np.log((mass + fu) / (count[u] + fu)) - post.const[gu]
+            p_future = fu / (mass + fu)
+        log_w[pos] += w
         # one uniform per unit: future anchor, else (rescaled) an active past anchor and which one
         v = rng.random(units)
-        vf = v[pos]
-        is_fut = vf < p_future
+        vu = v[pu]
+        is_fut = vu < p_future
         with np.errstate(divide="ignore", invalid="ignore"):
-            v[pos] = np.where(is_fut, 2.0, (vf - p_future) / (1.0 - p_future))
+            v[pu] = np.where(is_fut, 2.0, (vu - p_future) / (1.0 - p_future))
         z = np.repeat(post.active[lo:hi], draws)
         act = np.flatnonzero(v < z)
         a = np.full(units, np.nan)
         inside = np.zeros(units, dtype=bool)
-        fut = pos[is_fut]
-        side = vf[is_fut] / p_future[is_fut] < share(parent, fut)
+        fut = pu[is_fut]
+        side = vu[is_fut] / p_future[is_fut] < share(parent, fut)
         beyond, win = fut[~side], fut[side]
         a[beyond] = np.inf
         a[win] = sample_times(parent, win)
@@ -728,6 +744,14 @@ def _oracle_chunk(clock: _Clock, weeks: int, draws: int, past: _Past, anchors: d
     with np.errstate(invalid="ignore"):
         w = np.exp(log_w - top)
     w[~np.isfinite(top[:, 0])] = 1.0
+    if _JACK:
+        sw = w.sum(axis=1, keepdims=True); swp = (w * prob).sum(axis=1, keepdims=True)
+        est = swp[:, 0] / sw[:, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loo = (swp - w * prob) / (sw - w)
+        ok = np.isfinite(loo).all(axis=1)
+        jack = draws * est - (draws - 1) * np.where(ok, loo.mean(axis=1) if False else np.nanmean(np.where(np.isfinite(loo), loo, np.nan), axis=1), est)
+        return np.where(ok, np.clip(jack, 0, 1), est)
     return (w * prob).sum(axis=1) / w.sum(axis=1)
 
 

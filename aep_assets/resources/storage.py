@@ -149,7 +149,8 @@ class Storage(dg.ConfigurableResource, ABC):
 
     def write_table(self, prefix: str, table: pa.Table, **options) -> Manifest:
         """A whole in-memory table as a complete multi-file write."""
-        return self.write_parquet_parts(prefix, table.to_batches(max_chunksize=500_000), schema=table.schema, **options)
+        chunk = min(500_000, options.get("rows_per_file", 500_000))
+        return self.write_parquet_parts(prefix, table.to_batches(max_chunksize=chunk), schema=table.schema, **options)
 
     def complete_writes(self, parent: str) -> list[Manifest]:
         """Manifests of the complete writes directly under `parent` (e.g. exportTime=... folders), oldest first."""
