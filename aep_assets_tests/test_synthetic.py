@@ -1,0 +1,224 @@
+"""The synthetic customer base: the reference's process, reproducible batches, and a ground truth
+that is a calibrated probability a model can be measured against."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+import pytest
+
+from aep_assets.lib import synthetic
+from aep_assets.lib.synthetic import EVENT_TYPES, TARGET_EVENT, SyntheticConfig, generate, generate_batch
+
+END = datetime(2025, 6, 1, tzinfo=timezone.utc)
+# the module docstring's measured share of users with a web.formFilledOut over the 10 weeks
+DOCUMENTED_CONVERSION = 0.147
+
+
+@pytest.fixture(scope="module")
+def small() -> SyntheticConfig:
+    return SyntheticConfig(profiles=6_000, batches=3, seed=7, end=END)
+
+
+@pytest.fixture(scope="module")
+def small_data(small):
+    return generate(small)
+
+
+@pytest.fixture(scope="module")
+def large():
+    """50k users without the oracle: event rates and the conversion share."""
+    config = SyntheticConfig(profiles=50_000, batches=1, seed=11, end=END, oracle_draws=0)
+    return config, generate_batch(config, 0)
+
+
+@pytest.fixture(scope="module")
+def with_oracle():
+    """30k users with the oracle: its calibration and ranking against the realised labels."""
+    config = SyntheticConfig(profiles=30_000, batches=1, seed=5, end=END)
+    return config, generate_batch(config, 0)
+
+
+def test_event_types_are_the_reference_table():
+    assert len(EVENT_TYPES) == 13 and TARGET_EVENT == "web.formFilledOut" and TARGET_EVENT in EVENT_TYPES
+    base = {name for name, e in EVENT_TYPES.items() if "base" in e.parents}
+    assert base == {"advertising.impressions", "directMarketing.emailSent", "web.webpagedetails.pageViews"}
+    assert EVENT_TYPES["web.webpagedetails.pageViews"].parents == ("base", "directMarketing.emailClicked")
+    assert EVENT_TYPES["decisioning.propositionDismiss"].delta == -0.2
+    assert EVENT_TYPES["directMarketing.emailOpened"].lag_hours == 24
+    drawing = {name for name, e in EVENT_TYPES.items() if e.draws}
+    assert not any(n.startswith(("directMarketing.", "advertising.")) for n in drawing)
+    assert len(drawing) == 7 and TARGET_EVENT not in drawing
+
+
+def test_config_needs_an_aware_end_and_a_cutoff_inside_the_timeline():
+    with pytest.raises(ValueError):
+        SyntheticConfig(end=datetime(2025, 6, 1))
+    with pytest.raises(ValueError):
+        SyntheticConfig(end=END, cutoff_days_before_end=70)
+    config = SyntheticConfig(end=END)
+    assert config.start == END - timedelta(weeks=10) and config.cutoff == END - timedelta(days=14)
+
+
+def test_same_seed_same_frames_other_seed_other_frames(small, small_data):
+    again = generate(small)
+    for name in ("profiles", "events", "truth"):
+        assert getattr(again, name).equals(getattr(small_data, name)), name
+    other = generate(SyntheticConfig(profiles=small.profiles, batches=small.batches, seed=8, end=END))
+    assert not other.events.equals(small_data.events)
+    assert not set(other.profiles["userid"]) & set(small_data.profiles["userid"])
+
+
+def test_a_batch_alone_equals_its_rows_of_the_whole(small, small_data):
+    one = generate_batch(small, 1)
+    for name in ("profiles", "events", "truth"):
+        assert getattr(one, name).equals(getattr(small_data, name).filter(pl.col("batch") == 1)), name
+    assert one.profiles.height == small.batch_size(1) == 2_000
+
+
+def test_a_new_batch_past_the_initial_ones_brings_fresh_users(small, small_data):
+    new = generate_batch(small, small.batches + 3)
+    assert new.profiles.height == small.batch_size(small.batches + 3) > 0
+    assert (new.profiles["batch"] == small.batches + 3).all() and (new.events["batch"] == small.batches + 3).all()
+    following = generate_batch(small, small.batches)
+    everyone = pl.concat([small_data.profiles, new.profiles, following.profiles])
+    assert everyone["userid"].n_unique() == everyone.height
+    assert everyone["email"].n_unique() == everyone.height
+    ids = pl.concat([small_data.events["event_id"], new.events["event_id"], following.events["event_id"]])
+    assert ids.n_unique() == ids.len()
+
+
+def test_identities_and_profiles(small, small_data):
+    profiles, events = small_data.profiles, small_data.events
+    assert profiles["userid"].str.contains(r"^\d{38}$").all()
+    assert profiles["userid"].n_unique() == profiles.height == small.profiles
+    assert events["userid"].is_in(profiles["userid"].implode()).all()
+    assert events["event_id"].n_unique() == events.height
+    assert profiles["email"].str.contains(r"^[a-z]+\.[a-z]+\.\d+@example\.(com|net|org)$").all()
+    assert profiles.schema["created_at"] == pl.Datetime("us", "UTC")
+    assert (profiles["created_at"] < small.start).all()
+    assert profiles.null_count().sum_horizontal().item() == 0
+
+
+def test_events_lie_inside_the_timeline(small, small_data):
+    events = small_data.events
+    assert events.schema["timestamp"] == pl.Datetime("us", "UTC")
+    assert events["timestamp"].max() <= small.end and events["timestamp"].min() >= small.start
+    assert set(events["event_type"].unique()) <= set(EVENT_TYPES)
+    assert all(part["timestamp"].is_sorted() for part in events.partition_by("batch"))
+    web = events.filter(~pl.col("event_type").str.starts_with("directMarketing.")
+                        & ~pl.col("event_type").str.starts_with("advertising."))
+    assert web["page_name"].null_count() == 0 and web["campaign_id"].null_count() == web.height
+    mail = events.filter(pl.col("event_type").str.starts_with("directMarketing."))
+    assert mail["campaign_id"].null_count() == 0 and mail["page_url"].null_count() == mail.height
+
+
+def test_base_rates_and_volume_match_the_reference(large):
+    config, data = large
+    counts = data.events.group_by("event_type").len()
+    per_user = dict(zip(counts["event_type"], counts["len"] / config.profiles))
+    assert per_user["advertising.impressions"] == pytest.approx(0.1 * config.weeks, rel=0.03)
+    assert per_user["directMarketing.emailSent"] == pytest.approx(0.5 * config.weeks, rel=0.02)
+    # base page views, or after an email click as many (Poisson of the same rate): about 1 either way
+    assert per_user["web.webpagedetails.pageViews"] == pytest.approx(0.1 * config.weeks, rel=0.05)
+    # one anchor send per user with sends: (1 - e^-5) x Poisson(2) opens, a few lost past the end
+    assert 1.85 < per_user["directMarketing.emailOpened"] < 2.02
+    assert data.events.height / config.profiles == pytest.approx(10.6, abs=0.2)
+
+
+def test_conversion_share_is_the_documented_one(large):
+    config, data = large
+    forms = data.events.filter(pl.col("event_type") == TARGET_EVENT)
+    assert forms["userid"].n_unique() == forms.height
+    share = forms.height / config.profiles
+    assert 0.10 <= share <= 0.20
+    assert share == pytest.approx(DOCUMENTED_CONVERSION, abs=0.01)
+
+
+def test_a_form_follows_a_drawing_event_by_60_seconds(large):
+    _, data = large
+    events = data.events
+    forms = events.filter(pl.col("event_type") == TARGET_EVENT).select(
+        "userid", (pl.col("timestamp") - timedelta(seconds=60)).alias("timestamp"))
+    drawing = [name for name, e in EVENT_TYPES.items() if e.draws]
+    triggers = events.filter(pl.col("event_type").is_in(drawing)).select("userid", "timestamp").unique()
+    assert forms.join(triggers, on=["userid", "timestamp"], how="inner").height == forms.height
+
+
+def test_truth_agrees_with_the_events(small, small_data):
+    truth, events = small_data.truth, small_data.events
+    assert truth["userid"].equals(small_data.profiles["userid"])
+    forms = events.filter(pl.col("event_type") == TARGET_EVENT).select("userid", "timestamp")
+    joined = truth.join(forms, on="userid", how="left")
+    before = joined["timestamp"].is_not_null() & (joined["timestamp"] <= small.cutoff)
+    after = (joined["timestamp"] > small.cutoff) & (joined["timestamp"] <= small.cutoff + timedelta(days=14))
+    assert joined["converted_before_cutoff"].equals(before.alias("converted_before_cutoff"))
+    assert joined["converted_in_horizon"].equals(after.fill_null(False).alias("converted_in_horizon"))
+
+
+def test_oracle_is_a_probability_exactly_where_it_is_defined(small_data):
+    truth = small_data.truth
+    oracle = truth["oracle_probability"]
+    assert oracle.is_null().equals(truth["converted_before_cutoff"].alias("oracle_probability"))
+    assert oracle.drop_nulls().is_between(0.0, 1.0).all()
+
+
+def test_oracle_ranks_and_is_calibrated(with_oracle):
+    _, data = with_oracle
+    open_ = data.truth.filter(~pl.col("converted_before_cutoff"))
+    y = open_["converted_in_horizon"].to_numpy().astype(float)
+    p = open_["oracle_probability"].to_numpy()
+    assert _auc(y, p) > 0.7
+    # calibration: realised rate vs mean probability, within the labels' sampling error (the
+    # Monte Carlo error of the mean over this many users is far smaller)
+    se = np.sqrt(p.mean() * (1 - p.mean()) / y.size)
+    assert abs(y.mean() - p.mean()) < 3.5 * se
+    # and within groups the Monte Carlo noise cannot sort: the propensity level at the cutoff
+    level = _level_at_cutoff(data, with_oracle[0]).to_numpy()
+    for lo, hi in ((0, 31), (32, 10_000)):
+        group = (level >= lo) & (level <= hi)
+        pg = p[group].mean()
+        assert abs(y[group].mean() - pg) < 3.5 * np.sqrt(pg * (1 - pg) / group.sum())
+
+
+def test_walk_clips_at_both_ends_like_the_sequential_loop():
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1, 40, 300)
+    first = np.zeros(sizes.sum(), dtype=bool)
+    first[np.cumsum(sizes) - sizes] = True
+    start = np.repeat(rng.integers(0, 1001, sizes.size), sizes)
+    delta = rng.choice([-200, -5, 1, 5, 20, 100, 300], size=sizes.sum())
+    expected = np.empty_like(delta)
+    for i in range(delta.size):
+        x = start[i] if first[i] else expected[i - 1]
+        expected[i] = min(1000, max(0, x + delta[i]))
+    assert np.array_equal(synthetic._walk(first, start, delta), expected)
+    assert np.array_equal(synthetic._clamp_scan(first, start, delta, 0, 1000), expected)
+
+
+def _level_at_cutoff(data, config) -> pl.Series:
+    """Propensity at the cutoff in 0.001 units, replayed from the events (the same walk, per user)."""
+    deltas = {name: round(e.delta * 1000) for name, e in EVENT_TYPES.items()}
+    past = data.events.filter(pl.col("timestamp") <= config.cutoff).sort("userid", "timestamp", maintain_order=True)
+    levels = {}
+    for user, types in past.group_by("userid", maintain_order=True).agg("event_type").iter_rows():
+        x = 1
+        for t in types:
+            x = min(1000, max(0, x + deltas[t]))
+        levels[user] = x
+    open_ = data.truth.filter(~pl.col("converted_before_cutoff"))
+    return pl.Series([levels.get(u, 1) for u in open_["userid"]])
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    order = np.argsort(score, kind="stable")
+    ranks = np.empty(score.size)
+    ranks[order] = np.arange(1, score.size + 1)
+    # ties share their mean rank
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = (sums / counts)[inverse]
+    pos = y == 1
+    return (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
