@@ -24,10 +24,12 @@ class Interval:
                              "0 <= lower < upper <= 1")
 
 
+# Tiers for a horizon conversion rate of about 5% (the synthetic default): "very high" is
+# roughly five times the base rate. The reference's hand-picked range is kept for comparison.
 DEFAULT_INTERVALS = (
-    Interval("Propensity - very high", 0.5, 1.000001, "Most likely to convert: sales follow-up"),
-    Interval("Propensity - high", 0.2, 0.5, "Likely: a targeted offer"),
-    Interval("Propensity - medium", 0.05, 0.2, "Warm: nurture campaign"),
+    Interval("Propensity - very high", 0.25, 1.000001, "Most likely to convert: sales follow-up"),
+    Interval("Propensity - high", 0.12, 0.25, "Likely: a targeted offer"),
+    Interval("Propensity - medium", 0.05, 0.12, "Warm: nurture campaign"),
     Interval("Propensity - low", 0.0, 0.05, "Cold: suppress from paid media"),
     Interval("Propensity 0.2 to 0.93 - reference", 0.2, 0.93, "The CMLE reference's hand-picked range"),
 )

@@ -168,6 +168,8 @@ class SyntheticConfig:
 
 @dataclass
 class SyntheticData:
+    """Profiles, their events and the generator's ground truth (evaluation only, never ingested)."""
+
     profiles: pl.DataFrame
     events: pl.DataFrame
     truth: pl.DataFrame
@@ -242,7 +244,7 @@ class _Clock:
 
 _NAMES = tuple(EVENT_TYPES)
 _CODE = {name: i for i, name in enumerate(_NAMES)}
-IMP, ACL, PV, LC, PRV, PUR, DSP, INT, DIS, SENT, OPEN, ECL, FORM = (
+_IMP, _ACL, _PV, _LC, _PRV, _PUR, _DSP, _INT, _DIS, _SENT, _OPEN, _ECL, _FORM = (
     _CODE[n] for n in (
         "advertising.impressions", "advertising.clicks", "web.webpagedetails.pageViews",
         "web.webinteraction.linkClicks", "commerce.productViews", "commerce.purchases",
@@ -257,7 +259,8 @@ _DRAWS = np.array([EVENT_TYPES[n].draws for n in _NAMES])
 _RATE = np.array([EVENT_TYPES[n].rate_per_week for n in _NAMES])
 _LAG = np.array([EVENT_TYPES[n].lag_hours for n in _NAMES])
 # children of each parent, in the reference's processing order (siblings share the anchor)
-_KIDS = {IMP: (ACL,), SENT: (OPEN,), OPEN: (ECL,), ECL: (PV,), PV: (LC, PRV, DSP), PRV: (PUR,), DSP: (INT, DIS)}
+_KIDS = {_IMP: (_ACL,), _SENT: (_OPEN,), _OPEN: (_ECL,), _ECL: (_PV,), _PV: (_LC, _PRV, _DSP),
+         _PRV: (_PUR,), _DSP: (_INT, _DIS)}
 
 _PAGES = ("home", "pricing", "features", "plans", "blog", "docs", "offers", "support", "about", "contact",
           "product-basic", "product-plus", "product-pro", "checkout", "subscriptionForm")
@@ -282,7 +285,7 @@ def _simulate(n: int, weeks: int, clock: _Clock, rng: np.random.Generator) -> _S
     """The reference's process for n users, vectorised: counts per user, then flat event arrays."""
     end_h = clock.end_h
     users = np.arange(n, dtype=np.int32)
-    parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (code, user, hours, campaign)
+    parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []  # (code, user, hours, campaign)
 
     def base(code: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         k = rng.poisson(_RATE[code] * weeks, n)
@@ -303,50 +306,49 @@ def _simulate(n: int, weeks: int, clock: _Clock, rng: np.random.Generator) -> _S
     def week(t: np.ndarray) -> np.ndarray:
         return np.minimum(t // 168.0, weeks - 1).astype(np.int16)
 
-    k_imp, u_imp, t_imp = base(IMP)
-    k_sent, u_sent, t_sent = base(SENT)
-    k_pvb, u_pvb, t_pvb = base(PV)
+    k_imp, u_imp, t_imp = base(_IMP)
+    k_sent, u_sent, t_sent = base(_SENT)
+    k_pvb, u_pvb, t_pvb = base(_PV)
     c_imp, c_sent = week(t_imp), week(t_sent)
-    parts += [(IMP, u_imp, t_imp, c_imp), (SENT, u_sent, t_sent, c_sent)]
+    parts += [(_IMP, u_imp, t_imp, c_imp), (_SENT, u_sent, t_sent, c_sent)]
 
     has, pick = anchor(k_imp)
-    k, u, t = children(ACL, has, t_imp[pick])
-    parts.append((ACL, u, t, np.repeat(c_imp[pick], k[has])))
+    k, u, t = children(_ACL, has, t_imp[pick])
+    parts.append((_ACL, u, t, np.repeat(c_imp[pick], k[has])))
 
     has, pick = anchor(k_sent)
-    k_open, u_open, t_open = children(OPEN, has, t_sent[pick])
+    k_open, u_open, t_open = children(_OPEN, has, t_sent[pick])
     c_open = np.repeat(c_sent[pick], k_open[has])
-    parts.append((OPEN, u_open, t_open, c_open))
+    parts.append((_OPEN, u_open, t_open, c_open))
 
     has, pick = anchor(k_open)
-    k_ecl, u_ecl, t_ecl = children(ECL, has, t_open[pick])
-    parts.append((ECL, u_ecl, t_ecl, np.repeat(c_open[pick], k_ecl[has])))
+    k_ecl, u_ecl, t_ecl = children(_ECL, has, t_open[pick])
+    parts.append((_ECL, u_ecl, t_ecl, np.repeat(c_open[pick], k_ecl[has])))
 
     has, pick = anchor(k_ecl)
-    k_pvc, u_pvc, t_pvc = children(PV, has, t_ecl[pick])
+    k_pvc, u_pvc, t_pvc = children(_PV, has, t_ecl[pick])
     clicked = k_ecl > 0
     keep = ~clicked[u_pvb]
     u_pv = np.concatenate([u_pvb[keep], u_pvc])
     order = np.argsort(u_pv, kind="stable")
     u_pv, t_pv = u_pv[order], np.concatenate([t_pvb[keep], t_pvc])[order]
     k_pv = np.where(clicked, k_pvc, k_pvb)
-    parts.append((PV, u_pv, t_pv, None))
+    parts.append((_PV, u_pv, t_pv, None))
 
     has, pick = anchor(k_pv)
     at = t_pv[pick]
-    for code in (LC, PRV, DSP):
-        k, u, t = children(code, has, at)
-        parts.append((code, u, t, None))
-        if code == PRV:
-            k_prv, u_prv, t_prv = k, u, t
-        elif code == DSP:
-            k_dsp, t_dsp = k, t
+    _, u, t = children(_LC, has, at)
+    parts.append((_LC, u, t, None))
+    k_prv, u, t_prv = children(_PRV, has, at)
+    parts.append((_PRV, u, t_prv, None))
+    k_dsp, u, t_dsp = children(_DSP, has, at)
+    parts.append((_DSP, u, t_dsp, None))
     has, pick = anchor(k_prv)
-    k, u, t = children(PUR, has, t_prv[pick])
-    parts.append((PUR, u, t, None))
+    k, u, t = children(_PUR, has, t_prv[pick])
+    parts.append((_PUR, u, t, None))
     has, pick = anchor(k_dsp)
     at = t_dsp[pick]
-    for code in (INT, DIS):
+    for code in (_INT, _DIS):
         k, u, t = children(code, has, at)
         parts.append((code, u, t, None))
 
@@ -693,37 +695,37 @@ def _oracle_chunk(clock: _Clock, weeks: int, draws: int, past: _Past, anchors: d
             nin[kid], nf[kid], law[kid] = k_in, k_all, a
 
     # advertising: impressions, clicks after an anchor impression
-    base(IMP)
-    step(IMP)
+    base(_IMP)
+    step(_IMP)
     # email chain: sends, opens after an anchor send, clicks after an anchor open
-    base(SENT)
-    step(SENT)
-    step(OPEN)
+    base(_SENT)
+    step(_SENT)
+    step(_OPEN)
     # page views: children of an anchor click if the user has any click at all, else the base process
-    step(ECL)
-    on_base = np.flatnonzero(past.count[ECL][lo:hi][local] + nf[ECL] == 0)
-    mu = _RATE[PV] * weeks / end
+    step(_ECL)
+    on_base = np.flatnonzero(past.count[_ECL][lo:hi][local] + nf[_ECL] == 0)
+    mu = _RATE[_PV] * weeks / end
     base_in = _poisson_flat(rng, mu * (w_end - c), on_base.size)
-    nin[PV][on_base] = base_in
-    nf[PV][on_base] = base_in + _poisson_flat(rng, mu * (end - w_end), on_base.size)
-    log_w[on_base] += -mu * c + past.count[PV][lo:hi][local[on_base]] * math.log(mu)
+    nin[_PV][on_base] = base_in
+    nf[_PV][on_base] = base_in + _poisson_flat(rng, mu * (end - w_end), on_base.size)
+    log_w[on_base] += -mu * c + past.count[_PV][lo:hi][local[on_base]] * math.log(mu)
     # page view children, purchases after an anchor product view, interactions after an anchor display
-    step(PV)
-    step(PRV)
-    step(DSP)
+    step(_PV)
+    step(_PRV)
+    step(_DSP)
 
-    eligible = nin[PV] + nin[LC] + nin[PRV] + nin[PUR] + nin[DSP] + nin[INT] + nin[DIS]
+    eligible = nin[_PV] + nin[_LC] + nin[_PRV] + nin[_PUR] + nin[_DSP] + nin[_INT] + nin[_DIS]
     rel = np.flatnonzero(eligible)
     sum_log = np.zeros(units)
     if rel.size:
-        for kind in (IMP, SENT):
+        for kind in (_IMP, _SENT):
             # in-window count of a base type drawn only in total: the anchor (if a future one
             # inside) plus each other future event independently inside
             fixed = anchor_in[kind][rel].astype(np.int64)
             nin[kind] = np.zeros(units, dtype=np.int64)
             nin[kind][rel] = fixed + _thin(rng, np.maximum(nf[kind][rel] - fixed, 0), base_share)
         unit_parts, time_parts, code_parts = [], [], []
-        for kind in (IMP, ACL, SENT, OPEN, ECL, PV, LC, PRV, PUR, DSP, INT, DIS):
+        for kind in (_IMP, _ACL, _SENT, _OPEN, _ECL, _PV, _LC, _PRV, _PUR, _DSP, _INT, _DIS):
             k = nin[kind][rel]
             rows = np.repeat(np.arange(rel.size), k)
             if rows.size == 0:
@@ -790,7 +792,8 @@ def _mix63(x: np.ndarray, key: int) -> np.ndarray:
 def _fnv1a64(strings: pa.Array) -> np.ndarray:
     """FNV-1a 64 of each string's UTF-8 bytes, one numpy step per character position."""
     strings = strings.cast(pa.large_string())
-    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64)[strings.offset: strings.offset + len(strings) + 1]
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64)
+    offsets = offsets[strings.offset: strings.offset + len(strings) + 1]
     data = np.frombuffer(strings.buffers()[2], dtype=np.uint8)
     lengths = np.diff(offsets)
     h = np.full(len(strings), _FNV_OFFSET, dtype=np.uint64)
@@ -806,7 +809,7 @@ def _strings(chars: np.ndarray) -> pl.Series:
     n, width = chars.shape
     offsets = np.arange(n + 1, dtype=np.int64) * width
     data = np.ascontiguousarray(chars)
-    return pl.Series(pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))).cast(pl.String)
+    return pl.Series(pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data)))
 
 
 def _digits(values: np.ndarray, width: int = 19) -> np.ndarray:
@@ -830,7 +833,11 @@ def _uuid_like(hi: np.ndarray, lo: np.ndarray) -> pl.Series:
     nibbles[:, :, 1] = octets & 15
     chars = nibbles.reshape(n, 32) + np.uint8(ord("0"))
     chars += (chars > ord("9")) * np.uint8(ord("a") - ord("9") - 1)
-    return _strings(np.insert(chars, [8, 12, 16, 20], ord("-"), axis=1))
+    out = np.empty((n, 36), dtype=np.uint8)
+    out[:, [8, 13, 18, 23]] = ord("-")
+    for a, b, at in ((0, 8, 0), (8, 12, 9), (12, 16, 14), (16, 20, 19), (20, 32, 24)):
+        out[:, at: at + b - a] = chars[:, a:b]
+    return _strings(out)
 
 
 def _gather(pool: pl.Series, index: np.ndarray) -> pl.Series:
@@ -894,8 +901,8 @@ def _profiles(config: SyntheticConfig, batch: int, first: int, n: int, rng: np.r
         pl.lit("."), pl.col("i").cast(pl.String), pl.lit("@"), pl.col("domain"),
     ).alias("email"))["email"]
     id_key, _, _ = _keys(config.seed)
-    halves = np.concatenate([_digits(_fnv1a64(email.rechunk().to_arrow()) % _TEN19), _digits(_mix63(global_index, id_key))],
-                            axis=1)
+    email_hash = _fnv1a64(email.rechunk().to_arrow()) % _TEN19
+    halves = np.concatenate([_digits(email_hash), _digits(_mix63(global_index, id_key))], axis=1)
     start_us = (config.start - _EPOCH) // timedelta(microseconds=1)
     return pl.DataFrame({
         "userid": _strings(halves),
@@ -919,7 +926,7 @@ def _event_frame(sim: _Simulation, userids: pl.Series, first: int, batch: int, s
     starts = np.maximum.accumulate(np.where(heads, np.arange(n_ev), 0)) if n_ev else np.zeros(0, np.int64)
     per_user = np.bincount(sim.user, minlength=n_users)
     user = np.concatenate([sim.user, conv_users])
-    code = np.concatenate([sim.code, np.full(conv_users.size, FORM, dtype=np.int8)])
+    code = np.concatenate([sim.code, np.full(conv_users.size, _FORM, dtype=np.int8)])
     time_us = np.concatenate([sim.time_us, sim.conversion_us[conv_users]])
     campaign = np.concatenate([sim.campaign, np.full(conv_users.size, -1, dtype=np.int16)])
     seq = np.concatenate([np.arange(n_ev) - starts, per_user[conv_users]]).astype(np.int64)
@@ -936,18 +943,18 @@ def _event_frame(sim: _Simulation, userids: pl.Series, first: int, batch: int, s
 
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(batch, 3)))
     page = np.full(code.size, -1, dtype=np.int64)
-    general = np.isin(code, (PV, LC, DSP, INT, DIS))
+    general = np.isin(code, (_PV, _LC, _DSP, _INT, _DIS))
     page[general] = rng.integers(0, _GENERAL_PAGES, int(general.sum()))
-    product = code == PRV
+    product = code == _PRV
     page[product] = rng.integers(*_PRODUCT_PAGES, int(product.sum()))
-    page[code == PUR] = _PAGES.index("checkout")
-    page[code == FORM] = _PAGES.index("subscriptionForm")
+    page[code == _PUR] = _PAGES.index("checkout")
+    page[code == _FORM] = _PAGES.index("subscriptionForm")
     names = pl.Series(_PAGES)
     urls = pl.Series([f"https://www.example.com/{_URL_SLUG.get(p, p)}" for p in _PAGES])
 
     weeks = clock.weeks
     campaigns = pl.Series([f"email-w{w:02d}" for w in range(weeks)] + [f"display-w{w:02d}" for w in range(weeks)])
-    is_ad = (code == IMP) | (code == ACL)
+    is_ad = (code == _IMP) | (code == _ACL)
     camp = np.where(campaign >= 0, campaign.astype(np.int64) + np.where(is_ad, weeks, 0), -1)
 
     return pl.DataFrame({

@@ -117,21 +117,24 @@ class LocalPlatform(Platform):
             self._address, self._address_pid = address, os.getpid()
         return self._address
 
+    def _open(self, connect):
+        """`connect(address)`; if the server died since we cached its address, start it again once."""
+        try:
+            return connect(self.address())
+        except (psycopg.OperationalError, adbc.OperationalError):
+            self._address = None
+            return connect(self.address())
+
     @contextmanager
     def connect(self):
         """A psycopg 3 connection (autocommit) to the local Query Service."""
-        address = self.address()
-        try:
-            conn = psycopg.connect(address.conninfo, autocommit=True)
-        except psycopg.OperationalError:
-            self._address = None  # the server died since we cached it: start it again once
-            conn = psycopg.connect(self.address().conninfo, autocommit=True)
-        with conn:
+        with self._open(lambda a: psycopg.connect(a.conninfo, autocommit=True)) as conn:
             yield conn
 
     @contextmanager
     def _arrow_connection(self):
-        with adbc.connect(self.address().uri) as conn:
+        """An ADBC connection: Arrow in and out through binary COPY."""
+        with self._open(lambda a: adbc.connect(a.uri)) as conn:
             yield conn
 
     # --- catalog ------------------------------------------------------------------------------
