@@ -275,10 +275,11 @@ class FakeAEP:
 
     def get_batch(self, batch_id, **_):
         batch = self.batches[batch_id]
-        if batch["status"] == "processing" and batch.pop("_polls_left", 0) <= 0:
-            batch.update(batch.pop("_outcome"))
-        elif batch["status"] == "processing":
-            batch["_polls_left"] = batch.get("_polls_left", 1) - 1
+        if batch["status"] == "processing":
+            if batch["_polls_left"] > 0:
+                batch["_polls_left"] -= 1
+            else:
+                batch.update(batch.pop("_outcome"))
         return 200, {batch_id: {k: v for k, v in batch.items() if not k.startswith("_")}}
 
     def create_batch(self, body, **_):

@@ -45,9 +45,12 @@ def all_batches_request(instance: dg.DagsterInstance, run_key: str | None) -> dg
 
 
 @dg.sensor(job=rescore_profile_batch_job, minimum_interval_seconds=15,
-           default_status=dg.DefaultSensorStatus.RUNNING)
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Watches the platform catalog: each new successful batch of the profile dataset gets a "
+                       "partition and a rescore run (run_key = batch id); failed batches are skipped, at most "
+                       f"{MAX_BATCHES_PER_TICK} per tick.")
 def new_profile_batch_sensor(context: dg.SensorEvaluationContext, platform: Platform):
-    """Each new successful batch of the profile dataset gets a partition and a rescore run (run_key = batch id)."""
+    """New profiles get scores, and reach the audiences, without anyone clicking."""
     dataset = platform.find_dataset(PROFILES.name)
     if dataset is None:
         return dg.SkipReason(f"dataset {PROFILES.name} does not exist yet")
@@ -70,9 +73,11 @@ def new_profile_batch_sensor(context: dg.SensorEvaluationContext, platform: Plat
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[train_propensity_model_job],
-                      request_job=rescore_profile_batch_job, default_status=dg.DefaultSensorStatus.RUNNING)
+                      request_job=rescore_profile_batch_job, default_status=dg.DefaultSensorStatus.RUNNING,
+                      description="When a training run promoted a new champion, re-scores every profile batch "
+                                  "with it in one run.")
 def champion_promoted_sensor(context: dg.RunStatusSensorContext):
-    """When a training run promoted a new champion, re-score every profile batch with it."""
+    """Scores always come from the current champion."""
     record = context.instance.get_latest_materialization_event(dg.AssetKey("propensity_model"))
     materialization = record.asset_materialization if record else None
     if (record is None or record.run_id != context.dagster_run.run_id
