@@ -11,9 +11,9 @@ import time
 
 import dagster as dg
 
+from aep_assets.definitions import build_definitions
 from aep_assets.defs.automation import RANGE_END, RANGE_START
 from aep_assets.defs.partitions import profile_batches
-from aep_assets.definitions import build_definitions
 from aep_assets.lib.datasets import PROFILES
 
 

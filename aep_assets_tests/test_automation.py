@@ -15,9 +15,7 @@ import pytest
 from aep_assets.definitions import build_definitions
 from aep_assets.lib.cursor import BatchCursor
 from aep_assets.lib.datasets import PROFILES
-from aep_assets.resources.local_platform import LocalPlatform
-from aep_assets.resources.storage import LocalStorage
-from aep_assets.resources.tracking import MlflowTracking
+from aep_assets.resources.platform import BatchIngestionError
 from aep_assets_tests.test_local_platform import profiles_file
 
 
@@ -67,7 +65,7 @@ def test_failed_batches_are_skipped_and_known_partitions_not_rescored(sensor_set
     defs, instance, platform, dataset = sensor_setup
     known = land(platform, dataset, tmp_path / "known.parquet", range(5), "known")
     instance.add_dynamic_partitions("profile_batches", [known.id])
-    with pytest.raises(Exception):
+    with pytest.raises(BatchIngestionError):
         land(platform, dataset, tmp_path / "dup.parquet", [1, 1], "dup")
     result, context = evaluate(defs, instance)
     assert isinstance(result, dg.SkipReason) and "1 failed, 1 already scored" in result.skip_message

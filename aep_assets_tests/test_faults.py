@@ -53,7 +53,9 @@ def run_until(script: str, ready, timeout=60):
 def test_kill_during_batch_ingestion_leaves_no_partial_batch(platform, tmp_path):
     dataset = platform.ensure_dataset(EXPERIENCE_EVENTS)
     big = events_file(tmp_path / "big.parquet", 3_000_000)
-    loading = lambda: platform.query("SELECT COUNT(*) AS n FROM catalog.batches WHERE status = 'loading'")["n"][0].as_py() > 0  # noqa: E731
+    def loading():
+        return platform.query("SELECT COUNT(*) AS n FROM catalog.batches WHERE status = 'loading'")["n"][0].as_py() > 0
+
     run_until(f"""
         from pathlib import Path
         from aep_assets.lib.datasets import EXPERIENCE_EVENTS

@@ -132,4 +132,5 @@ def test_create_table_as_replaces_and_keeps_the_dataset(platform):
     second = platform.create_table_as("cmle_ctas_probe", "SELECT 2 AS x UNION ALL SELECT 3")
     assert first.id == second.id
     assert sorted(platform.query('SELECT x FROM "cmle_ctas_probe"')["x"].to_pylist()) == [2, 3]
-    assert platform.query("SELECT COUNT(*) AS n FROM catalog.datasets WHERE name = 'cmle_ctas_probe'")["n"][0].as_py() == 1
+    count = platform.query("SELECT COUNT(*) AS n FROM catalog.datasets WHERE name = 'cmle_ctas_probe'")
+    assert count["n"][0].as_py() == 1

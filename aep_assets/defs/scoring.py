@@ -10,9 +10,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from aep_assets.defs.metadata import image, preview
+from aep_assets.defs.metadata import image
 from aep_assets.defs.partitions import profile_batches
 from aep_assets.lib import features, modeling, plots
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
@@ -20,7 +19,7 @@ from aep_assets.lib.drift import population_stability_index
 from aep_assets.lib.source_files import file_digest
 from aep_assets.lib.sql import Identifier
 from aep_assets.resources.platform import Platform
-from aep_assets.resources.storage import StorageError, Storage
+from aep_assets.resources.storage import Storage, StorageError
 from aep_assets.resources.tracking import MlflowTracking
 
 SCORING_DATASET = "cmle_scoring_features"
@@ -85,7 +84,8 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
         raise RuntimeError(f"no '{mlflow_tracking.champion_uri()}' in the registry: materialize propensity_model "
                            "and let it pass the gate first")
     mlflow, _ = mlflow_tracking.activate()
-    estimator = mlflow.sklearn.load_model(mlflow_tracking.champion_uri())
+    # By version, not by alias: the alias may move while this run scores.
+    estimator = mlflow.sklearn.load_model(f"models:/{champion.name}/{champion.version}")
     feature_names = json.loads(champion.tags["features"]) if "features" in champion.tags else None
     scores_dataset = platform.ensure_dataset(PROPENSITY_SCORES)
     feature_table = platform.find_dataset_or_fail(SCORING_DATASET)
@@ -106,17 +106,18 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
             "scored_at": pa.repeat(pa.scalar(scored_at, pa.timestamp("us", "UTC")), frame.height),
             "profile_batch": pa.repeat(pa.scalar(key), frame.height).cast(pa.string()),
         })
+        profiles_in_batch = platform.query(platform.render(
+            "profile_count", profiles=Identifier(profiles.table),
+            profile_filter=features.batch_filter(key, alias="")))["profiles"][0].as_py()
+        problems = modeling.score_problems(scores, profiles_in_batch)
+        if problems:  # never written, so the ingestion downstream cannot pick them up
+            invalid[key] = problems
+            continue
         parent = scores_parent(scores_dataset.id, key)
         previous = _previous_scores(storage, parent)
         manifest = storage.write_table(f"{parent}/exportTime={scored_at:%Y%m%d%H%M%S}", scores,
                                        compression="zstd", suffix=".parquet")
         seconds = time.monotonic() - started
-        profiles_in_batch = platform.query(platform.render(
-            "profile_count", profiles=Identifier(profiles.table),
-            profile_filter=features.batch_filter(key, alias="")))["profiles"][0].as_py()
-        problems = score_problems(scores, profiles_in_batch)
-        if problems:
-            invalid[key] = problems
         psi = population_stability_index(previous, propensity) if previous is not None else None
         if psi is not None:
             drift[key] = round(psi, 5)
@@ -124,7 +125,8 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
                           "mean_propensity": float(propensity.mean()) if frame.height else 0.0,
                           "psi_vs_previous": psi, "path": storage.uri(manifest.prefix), "seconds": round(seconds, 3)})
         all_scores.append(propensity)
-        context.log.info(f"batch {key}: scored {frame.height} profiles in {seconds:.2f} s → {storage.uri(manifest.prefix)}")
+        context.log.info(f"batch {key}: scored {frame.height} profiles in {seconds:.2f} s "
+                         f"→ {storage.uri(manifest.prefix)}")
     values = np.concatenate(all_scores) if all_scores else np.empty(0)
     return_metadata = {
         "model": f"{champion.name} v{champion.version}", "scored_at": scored_at.isoformat(),
@@ -147,22 +149,6 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
         description=(f"PSI above {PSI_WARNING} for {drifted}" if drifted else
                      f"PSI vs the previous scoring: {drift}" if drift else "first scoring of these batches"),
         metadata={"psi": dg.MetadataValue.json(drift)})
-
-
-def score_problems(scores: pa.Table, profiles_in_batch: int) -> list[str]:
-    """What is wrong with a batch's scores, if anything: the contract downstream relies on."""
-    problems = []
-    propensity = scores["propensity"]
-    if scores.num_rows != profiles_in_batch:
-        problems.append(f"{scores.num_rows} scores for {profiles_in_batch} profiles")
-    if propensity.null_count or scores["userid"].null_count:
-        problems.append(f"{propensity.null_count} null scores")
-    values = propensity.to_numpy(zero_copy_only=False)
-    if values.size and not bool(np.all((values >= 0) & (values <= 1))):
-        problems.append(f"scores outside [0, 1] (min {np.nanmin(values)}, max {np.nanmax(values)})")
-    if len(pc.unique(scores["userid"])) != scores.num_rows:
-        problems.append("duplicate userids")
-    return problems
 
 
 def _previous_scores(storage: Storage, parent: str) -> np.ndarray | None:

@@ -139,7 +139,7 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
         "feature_importance": image(importance_png, "feature importance"),
         "dagster/row_count": frame.height,
     })
-    for check_name, result in zip(CHECKS, gate.results):
+    for check_name, result in zip(CHECKS, gate.results, strict=True):
         yield dg.AssetCheckResult(check_name=check_name, passed=result.passed, description=result.reason,
                                   metadata={"value": result.value, "threshold": result.threshold})
 
