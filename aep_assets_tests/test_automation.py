@@ -113,29 +113,35 @@ def test_the_daemon_rescores_a_landed_batch_by_itself(monkeypatch):
                                        "aep_assets.definitions"], cwd=Path(__file__).parents[1],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             landed_at = time.monotonic()
-            defs.resolve_job_def("simulate_profile_batch_job").execute_in_process(
-                instance=instance, run_config={"ops": {"land_profile_batch": {"config": {"profiles": 500}}}})
+            # Two batches land back to back: two rescore runs, in parallel, must not interfere.
+            for _ in range(2):
+                defs.resolve_job_def("simulate_profile_batch_job").execute_in_process(
+                    instance=instance, run_config={"ops": {"land_profile_batch": {"config": {"profiles": 500}}}})
             profiles = platform.find_dataset(PROFILES.name)
-            new_batch = platform.completed_batches(profiles)[-1].id
-            deadline = time.monotonic() + 240
-            run = None
+            new_batches = [b.id for b in platform.completed_batches(profiles)[-2:]]
+            deadline = time.monotonic() + 300
+            runs = {}
             while time.monotonic() < deadline:
-                runs = instance.get_run_records(dg.RunsFilter(job_name="rescore_profile_batch_job",
-                                                              tags={"dagster/partition": new_batch}))
-                run = runs[0].dagster_run if runs else None
-                if run and run.is_finished:
+                for batch_id in new_batches:
+                    records = instance.get_run_records(dg.RunsFilter(job_name="rescore_profile_batch_job",
+                                                                     tags={"dagster/partition": batch_id}))
+                    runs[batch_id] = [r.dagster_run for r in records]
+                if all(runs.get(b) and runs[b][0].is_finished for b in new_batches):
                     break
                 time.sleep(2)
-            assert run is not None, "the daemon's sensor requested no run for the new batch"
-            assert run.status == dg.DagsterRunStatus.SUCCESS, run.status
+            assert all(runs.get(b) for b in new_batches), f"the daemon's sensor requested no run: {runs}"
+            assert all(len(runs[b]) == 1 for b in new_batches), "a batch was rescored more than once"
+            statuses = {b: runs[b][0].status for b in new_batches}
+            assert all(s == dg.DagsterRunStatus.SUCCESS for s in statuses.values()), statuses
             seconds = time.monotonic() - landed_at
-            scored = platform.query(
-                "SELECT COUNT(DISTINCT s.userid) AS n FROM cmle_propensity_scores s JOIN cmle_profiles p "
-                f"ON p.userid = s.userid WHERE p._acp_batchid = '{new_batch}'")["n"][0].as_py()
-            assert scored == 500
+            for batch_id in new_batches:
+                scored = platform.query(
+                    "SELECT COUNT(DISTINCT s.userid) AS n FROM cmle_propensity_scores s JOIN cmle_profiles p "
+                    f"ON p.userid = s.userid WHERE p._acp_batchid = '{batch_id}'")["n"][0].as_py()
+                assert scored == 500
             audiences = instance.get_latest_materialization_event(dg.AssetKey("propensity_audiences"))
-            assert audiences.run_id == run.run_id
-            assert audiences.asset_materialization.metadata["scored_profiles"].value == 2500
+            assert audiences.run_id in {runs[b][0].run_id for b in new_batches}
+            assert audiences.asset_materialization.metadata["scored_profiles"].value == 3000
             print(f"landing to scores in the platform: {seconds:.1f} s")
     finally:
         if daemon is not None:

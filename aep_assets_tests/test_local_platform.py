@@ -134,3 +134,16 @@ def test_create_table_as_replaces_and_keeps_the_dataset(platform):
     assert sorted(platform.query('SELECT x FROM "cmle_ctas_probe"')["x"].to_pylist()) == [2, 3]
     count = platform.query("SELECT COUNT(*) AS n FROM catalog.datasets WHERE name = 'cmle_ctas_probe'")
     assert count["n"][0].as_py() == 1
+
+
+def test_the_same_batch_requested_twice_at_once_lands_once(platform, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    dataset = platform.ensure_dataset(PROFILES)
+    path = profiles_file(tmp_path / "same.parquet", range(20_000))
+    with ThreadPoolExecutor(2) as pool:
+        batches = list(pool.map(lambda _: platform.ingest_batch(dataset, PROFILES, [path], idempotency_key="same"),
+                                range(2)))
+    assert batches[0].id == batches[1].id
+    assert row_count(platform) == 20_000
+    assert [b.status for b in platform.batches(dataset)] == ["success"]

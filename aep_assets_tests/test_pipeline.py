@@ -124,7 +124,8 @@ def test_rerunning_everything_duplicates_nothing(pipeline):
         "audiences": [a.id for a in platform.audiences()],
         "versions": len(tracking.client().search_model_versions("name='cmle_propensity_model'")),
     }
-    run_all(pipeline["defs"], pipeline["instance"], SMALL)
+    for _ in range(2):  # three runs in all
+        run_all(pipeline["defs"], pipeline["instance"], SMALL)
     assert platform.query("SELECT name FROM catalog.datasets ORDER BY name")["name"].to_pylist() == before["datasets"]
     assert platform.batches(platform.find_dataset(PROFILES.name)) == before["profile_batches"]
     assert platform.query('SELECT COUNT(*) AS n FROM "cmle_experience_events"')["n"][0].as_py() == before["event_rows"]
