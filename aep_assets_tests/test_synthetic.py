@@ -83,10 +83,13 @@ def test_a_new_batch_past_the_initial_ones_brings_fresh_users(small, small_data)
     assert new.profiles.height == small.batch_size(small.batches + 3) > 0
     assert (new.profiles["batch"] == small.batches + 3).all() and (new.events["batch"] == small.batches + 3).all()
     following = generate_batch(small, small.batches)
-    everyone = pl.concat([small_data.profiles, new.profiles, following.profiles])
+    # a batch landed later by another job, sized differently, same seed
+    landed = generate_batch(SyntheticConfig(profiles=500, batches=1, seed=small.seed, end=END), small.batches + 1)
+    parts = [small_data, new, following, landed]
+    everyone = pl.concat([part.profiles for part in parts])
     assert everyone["userid"].n_unique() == everyone.height
     assert everyone["email"].n_unique() == everyone.height
-    ids = pl.concat([small_data.events["event_id"], new.events["event_id"], following.events["event_id"]])
+    ids = pl.concat([part.events["event_id"] for part in parts])
     assert ids.n_unique() == ids.len()
 
 
@@ -96,7 +99,7 @@ def test_identities_and_profiles(small, small_data):
     assert profiles["userid"].n_unique() == profiles.height == small.profiles
     assert events["userid"].is_in(profiles["userid"].implode()).all()
     assert events["event_id"].n_unique() == events.height
-    assert profiles["email"].str.contains(r"^[a-z]+\.[a-z]+\.\d+@example\.(com|net|org)$").all()
+    assert profiles["email"].str.contains(r"^[a-z]+\.[a-z]+\.\d+\.\d+@example\.(com|net|org)$").all()
     assert profiles.schema["created_at"] == pl.Datetime("us", "UTC")
     assert (profiles["created_at"] < small.start).all()
     assert profiles.null_count().sum_horizontal().item() == 0
@@ -118,7 +121,7 @@ def test_events_lie_inside_the_timeline(small, small_data):
 def test_base_rates_and_volume_match_the_reference(large):
     config, data = large
     counts = data.events.group_by("event_type").len()
-    per_user = dict(zip(counts["event_type"], counts["len"] / config.profiles))
+    per_user = dict(zip(counts["event_type"], counts["len"] / config.profiles, strict=True))
     assert per_user["advertising.impressions"] == pytest.approx(0.1 * config.weeks, rel=0.03)
     assert per_user["directMarketing.emailSent"] == pytest.approx(0.5 * config.weeks, rel=0.02)
     # base page views, or after an email click as many (Poisson of the same rate): about 1 either way

@@ -35,11 +35,12 @@ at 1 needs about ten +0.1 events before a conversion; the rare users whose walk 
 recomputed by an exact segmented scan of clamp maps.
 
 Identity: `userid` is 38 digits, two 19-digit halves: the FNV-1a 64 hash of the email (over its bytes,
-vectorised per character position) and a keyed bijection of the user's global index, which the email
-embeds. The second half makes ids unique across all batches of a seed by construction. Faker fills
-pools of names and locale cities once (fixed Faker seed); numpy samples them. Every batch draws from
-numpy streams spawned from (seed, batch), so any batch, including new ones past the initial K (their
-users numbered after all others), is generated alone and identically.
+vectorised per character position) and a keyed bijection of the user's number (batch, index in the
+batch), which the email embeds. The second half makes ids unique across all batches of a seed by
+construction, whatever the batch sizes (a batch landed later may use another `profiles`). Faker
+fills pools of names and locale cities once (fixed Faker seed); numpy samples them. Every batch draws
+from numpy streams spawned from (seed, batch), so any batch, including new ones past the initial K,
+is generated alone and identically.
 
 Ground truth: for each user without a form by the cutoff, `oracle_probability` is P(form in
 (cutoff, cutoff + horizon] | the user's events up to the cutoff), by importance-weighted Monte Carlo
@@ -58,7 +59,18 @@ weighted ratio (-2% of the mean at 32 draws) is removed by a delete-one jackknif
 estimate clipped to [0, 1]); if all draws of a user had weight 0 (not seen) they count equally.
 `oracle_draws=0` leaves it null.
 
-MEASURED
+Measured (seed 42, end 2025-06-01, 10 weeks, 14-day cutoff and horizon; this 2-core machine while
+other jobs ran on it, load about 1.3, so timings vary by +-30% between runs). Process: 10.62 events
+per user at 100k (10.60 at 1M; the reference: 1.06M per 100k), 14.7% of users convert over the ten
+weeks (14.78% at 1M), 11.0% before the cutoff, 4.1% of the others inside the horizon. Oracle: mean
+within 0.3 standard errors of the realised horizon rate on 266k open users, also within groups
+(propensity at the cutoff, past click, activity in the last hour or day); AUC 0.773 to 0.776 (32
+draws). Speed, whole process (`generate_batch` over the 10 batches, Faker pools included): 100k
+profiles 0.8 to 1.0 s without the oracle (1.0M to 1.4M events/s), 2.1 to 2.3 s with it, peak RSS
+245 MB; 1M profiles 7.4 to 8.5 s without the oracle (1.2M to 1.4M events/s), 20 to 25 s with it,
+peak RSS 840 MB (two 100k-user batches alive at once). The oracle costs about 1.2 s per 100k users
+at 32 draws, linear in `oracle_draws`. Both miss their targets (2M events/s; a few seconds of oracle
+at 1M): string columns and sorts dominate the first, per-draw work over 32M user-draws the second.
 """
 
 from __future__ import annotations
@@ -152,12 +164,6 @@ class SyntheticConfig:
             return base + (batch < extra)
         return max(1, base + (extra > 0))
 
-    def batch_offset(self, batch: int) -> int:
-        """Global index of the batch's first user (users of all batches are numbered apart)."""
-        base, extra = divmod(self.profiles, self.batches)
-        if batch <= self.batches:
-            return batch * base + min(batch, extra)
-        return self.profiles + (batch - self.batches) * self.batch_size(self.batches)
 
 
 @dataclass
@@ -181,12 +187,11 @@ def generate(config: SyntheticConfig) -> SyntheticData:
 
 def generate_batch(config: SyntheticConfig, batch: int) -> SyntheticData:
     """One batch's users, events and ground truth; batch >= K gives fresh users beyond the initial ones."""
-    if batch < 0:
-        raise ValueError("batch must be >= 0")
+    if not 0 <= batch < 2**31:
+        raise ValueError("batch must be in [0, 2^31)")
     n = config.batch_size(batch)
-    first = config.batch_offset(batch)
     streams = np.random.SeedSequence(config.seed, spawn_key=(batch,)).spawn(3)
-    profiles = _profiles(config, batch, first, n, np.random.default_rng(streams[0]))
+    profiles = _profiles(config, batch, n, np.random.default_rng(streams[0]))
     clock = _Clock(config)
     sim = _simulate(n, config.weeks, clock, np.random.default_rng(streams[1]))
 
@@ -208,7 +213,7 @@ def generate_batch(config: SyntheticConfig, batch: int) -> SyntheticData:
         "converted_in_horizon": in_horizon,
         "oracle_probability": pl.Series(np.where(before, np.nan, oracle)).fill_nan(None),
     })
-    events = _event_frame(sim, profiles["userid"], first, batch, config.seed, clock)
+    events = _event_frame(sim, profiles["userid"], batch, config.seed, clock)
     return SyntheticData(profiles=profiles, events=events, truth=truth)
 
 
@@ -866,7 +871,7 @@ def _pools() -> dict[str, object]:
     first = [x for x in dict.fromkeys(fake.first_name() for _ in range(4000)) if x.isascii() and x.isalpha()][:300]
     last = [x for x in dict.fromkeys(fake.last_name() for _ in range(4000)) if x.isascii() and x.isalpha()][:300]
     cities, country_of_city, weights = [], [], []
-    for i, (country, locale, weight) in enumerate(_COUNTRIES):
+    for i, (_, locale, weight) in enumerate(_COUNTRIES):
         local = Faker(locale)
         local.seed_instance(1729 + i)
         names = list(dict.fromkeys(local.city() for _ in range(200)))[:25]
@@ -881,22 +886,27 @@ def _pools() -> dict[str, object]:
     }
 
 
-def _profiles(config: SyntheticConfig, batch: int, first: int, n: int, rng: np.random.Generator) -> pl.DataFrame:
+def _user_keys(batch: int, users: np.ndarray) -> np.ndarray:
+    """A user's number among all batches of a seed, whatever their sizes: (batch, index in batch)."""
+    return (np.int64(batch) << np.int64(32)) + users.astype(np.int64)
+
+
+def _profiles(config: SyntheticConfig, batch: int, n: int, rng: np.random.Generator) -> pl.DataFrame:
     pools = _pools()
-    global_index = np.arange(first, first + n, dtype=np.int64)
+    local = np.arange(n, dtype=np.int64)
     fn = pools["first"].gather(pl.Series(rng.integers(0, len(pools["first"]), n), dtype=pl.UInt32))
     ln = pools["last"].gather(pl.Series(rng.integers(0, len(pools["last"]), n), dtype=pl.UInt32))
     dom = pools["domain"].gather(pl.Series(rng.integers(0, len(pools["domain"]), n), dtype=pl.UInt32))
     city_idx = rng.choice(len(pools["city"]), size=n, p=pools["city_p"]).astype(np.uint32)
     created = rng.uniform(0.0, 365.0 * 24 * _US_PER_HOUR, n).astype(np.int64)
-    frame = pl.DataFrame({"first_name": fn, "last_name": ln, "domain": dom, "i": global_index})
+    frame = pl.DataFrame({"first_name": fn, "last_name": ln, "domain": dom, "i": local})
     email = frame.select(pl.concat_str(
         pl.col("first_name").str.to_lowercase(), pl.lit("."), pl.col("last_name").str.to_lowercase(),
-        pl.lit("."), pl.col("i").cast(pl.String), pl.lit("@"), pl.col("domain"),
+        pl.lit(f".{batch}."), pl.col("i").cast(pl.String), pl.lit("@"), pl.col("domain"),
     ).alias("email"))["email"]
     id_key, _, _ = _keys(config.seed)
     email_hash = _fnv1a64(email.rechunk().to_arrow()) % _TEN19
-    halves = np.concatenate([_digits(email_hash), _digits(_mix63(global_index, id_key))], axis=1)
+    halves = np.concatenate([_digits(email_hash), _digits(_mix63(_user_keys(batch, local), id_key))], axis=1)
     start_us = (config.start - _EPOCH) // timedelta(microseconds=1)
     return pl.DataFrame({
         "userid": _strings(halves),
@@ -910,8 +920,7 @@ def _profiles(config: SyntheticConfig, batch: int, first: int, n: int, rng: np.r
     })
 
 
-def _event_frame(sim: _Simulation, userids: pl.Series, first: int, batch: int, seed: int,
-                 clock: _Clock) -> pl.DataFrame:
+def _event_frame(sim: _Simulation, userids: pl.Series, batch: int, seed: int, clock: _Clock) -> pl.DataFrame:
     """Events plus conversions, ordered by time, with ids, pages and campaigns."""
     n_users = userids.len()
     conv_users = np.flatnonzero(sim.conversion_us >= 0).astype(np.int32)
@@ -928,7 +937,7 @@ def _event_frame(sim: _Simulation, userids: pl.Series, first: int, batch: int, s
     user, code, time_us, campaign, seq = user[order], code[order], time_us[order], campaign[order], seq[order]
 
     _, event_key, mix_key = _keys(seed)
-    hi = _mix63(first + user.astype(np.int64), event_key)
+    hi = _mix63(_user_keys(batch, user), event_key)
     lo = seq.astype(np.uint64) ^ hi
     lo ^= lo >> np.uint64(33)
     lo *= np.uint64(0xFF51AFD7ED558CCD)
