@@ -17,13 +17,16 @@ from aep_assets.defs.partitions import profile_batches
 from aep_assets.lib.datasets import PROFILES
 
 
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict | None = None) -> dict:
     """Load, train, register one partition per profile batch, score them all in one run."""
     timings = {}
     for job_name in ("load_synthetic_data_job", "train_propensity_model_job"):
         started = time.monotonic()
         result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, run_config=(run_config or {}).get(job_name, {}), raise_on_error=True)
+            instance=instance, run_config={**QUIET, **(run_config or {}).get(job_name, {})}, raise_on_error=True)
         timings[job_name] = time.monotonic() - started
         if not result.success:
             raise RuntimeError(f"{job_name} failed")
@@ -33,7 +36,7 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict
     instance.add_dynamic_partitions(profile_batches.name, keys)
     started = time.monotonic()
     result = defs.resolve_job_def("rescore_profile_batch_job").execute_in_process(
-        instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]}, raise_on_error=True)
+        instance=instance, run_config=QUIET, tags={RANGE_START: keys[0], RANGE_END: keys[-1]}, raise_on_error=True)
     timings["rescore_profile_batch_job"] = time.monotonic() - started
     return timings
 

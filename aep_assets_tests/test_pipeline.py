@@ -160,3 +160,15 @@ def test_a_broken_export_fails_the_gate_and_keeps_the_champion(pipeline):
     failed = {e.check_name for e in evaluations if not e.passed}
     assert "propensity_model_auc_floor" in failed  # the oracle is as lost as the model on shuffled labels
     assert tracking.champion_version().version == champion_before
+
+
+def test_full_rescore_schedule_requests_every_batch_in_one_run(pipeline):
+    from aep_assets.defs.automation import RANGE_END, RANGE_START
+
+    instance = pipeline["instance"]
+    schedule = pipeline["defs"].get_schedule_def("full_rescore_schedule")
+    request = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests[0]
+    keys = instance.get_dynamic_partitions("profile_batches")
+    assert request.tags[RANGE_START] == keys[0] and request.tags[RANGE_END] == keys[-1]
+    retrain = pipeline["defs"].get_schedule_def("retrain_propensity_model_schedule")
+    assert retrain.cron_schedule == "0 3 * * 1" and retrain.job_name == "train_propensity_model_job"
