@@ -15,6 +15,7 @@ import itertools
 import json
 import re
 import secrets
+import uuid
 from collections.abc import Callable
 from datetime import date, datetime
 from urllib.parse import parse_qs, urlsplit
@@ -132,7 +133,8 @@ class FakeAEP:
         form = parse_qs(request.body if isinstance(request.body, str) else request.body.decode())
         self.requests.append({"method": "POST", "path": "/ims/token/v3", "form": form, "headers": request.headers})
         if form.get("client_secret") != [CLIENT_SECRET] or form.get("grant_type") != ["client_credentials"]:
-            return 401, {}, json.dumps({"error": "invalid_client", "error_description": "invalid client_secret parameter"})
+            return 401, {}, json.dumps({"error": "invalid_client",
+                                        "error_description": "invalid client_secret parameter"})
         token = f"eyFAKE-ims-access-token-{len(self.tokens) + 1}-{secrets.token_hex(8)}"
         self.tokens.append(token)
         self.valid_tokens.add(token)
@@ -406,7 +408,7 @@ class FakeAEP:
                      "link": {}}
 
     def create_segment(self, body, **_):
-        segment_id = f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-4{secrets.token_hex(2)[1:]}-8{secrets.token_hex(2)[1:]}-{secrets.token_hex(6)}"
+        segment_id = _uuid()
         now = next(self.clock)
         self.segments[segment_id] = {**body, "id": segment_id, "imsOrgId": ORG_ID, "profileInstanceId": "ups",
                                      "sandbox": {"sandboxName": SANDBOX, "type": "development", "default": False},
@@ -449,7 +451,7 @@ class FakeAEP:
         return 200, {"items": [i for i in store.values() if i["name"] == name]}
 
     def create_flow_item(self, kind, body, **_):
-        item_id = f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-{secrets.token_hex(2)}-{secrets.token_hex(2)}-{secrets.token_hex(6)}"
+        item_id = _uuid()
         item = {**body, "id": item_id, "kind": kind, "etag": f"\"{secrets.token_hex(4)}-0000-0200-0000\"",
                 "state": "enabled"}
         (self.flows if kind == "flows" else self.connections)[item_id] = item
@@ -460,9 +462,10 @@ class FakeAEP:
         destination = body["activationInfo"]["destinations"][0]
         if self.not_ready_answers:
             self.not_ready_answers -= 1
-            return 400, {"code": "DEST-3009-400", "message": "Following order ID(s) are not ready for dataset "
-                                                            f"export, please wait for 10 minutes and retry: {destination['flowId']}"}
-        run_id = f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-{secrets.token_hex(2)}-{secrets.token_hex(2)}-{secrets.token_hex(6)}"
+            return 400, {"code": "DEST-3009-400",
+                         "message": "Following order ID(s) are not ready for dataset export, please wait for "
+                                    f"10 minutes and retry: {destination['flowId']}"}
+        run_id = _uuid()
         dataset_id = destination["datasets"][0]["id"]
         self.runs[run_id] = {"id": run_id, "flowId": destination["flowId"], "dataset": dataset_id, "_polls": 0}
         return 200, {"destinations": [{"flowId": destination["flowId"], "datasets": [{
@@ -480,6 +483,10 @@ class FakeAEP:
                                 "flowSpec": {"id": "269ba276-16fc-47db-92b0-c1049a3c131f", "version": "1.0"},
                                 "status": {"value": "success" if done else "inProgress", "errors": []},
                                 "metrics": {"durationSummary": summary, "recordSummary": {"outputRecordCount": 0}}}]}
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
 
 
 def _lower(value):

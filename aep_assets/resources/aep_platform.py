@@ -89,14 +89,15 @@ class AEPPlatform(Platform):
 
     org_id: str = Field(description="IMS organization id (…@AdobeOrg). Env AEP_ORG_ID.")
     client_id: str = Field(description="OAuth server-to-server client id (API key). Env AEP_CLIENT_ID.")
-    client_secret: str = Field(description="OAuth client secret, only as dg.EnvVar('AEP_CLIENT_SECRET').")
+    client_secret: str = Field(description="OAuth client secret, only as dg.EnvVar('AEP_CLIENT_SECRET').",
+                               repr=False)
     scopes: str = Field(description="Comma-separated OAuth scopes of the credential. Env AEP_SCOPES.")
     sandbox: str = Field(description="Sandbox name. Env AEP_SANDBOX_NAME.")
     tenant_id: str = Field(default="", description="Tenant id without '_'; empty: looked up in the Schema Registry.")
     environment: str = Field(default="prod", description="'prod' (platform.adobe.io) or an Adobe stage name.")
     name_prefix: str = Field(default="aep_assets", description="Prefix of schema, field group and flow titles.")
     export_s3_access_key_id: str = Field(default="", description="S3 key AEP writes dataset exports with (EnvVar).")
-    export_s3_secret_access_key: str = Field(default="", description="Its secret (EnvVar).")
+    export_s3_secret_access_key: str = Field(default="", description="Its secret (EnvVar).", repr=False)
     query_sslmode: str = Field(default="require", description="libpq sslmode for Query Service.")
     http_attempts: int = Field(default=5, description="Tries per HTTP call on 429/5xx/connection errors.")
     http_backoff_seconds: float = Field(default=1.0, description="First retry backoff ceiling (doubles, jittered).")
@@ -186,7 +187,7 @@ class AEPPlatform(Platform):
                       {"op": "add", "path": "/tags/unifiedIdentity", "value": ["enabled:true"]}],
                 headers={**api.catalog.header, "Content-Type": "application/json-patch+json"})
             body = api.catalog.getDataSet(dataset_id)[dataset_id]
-        self.execute(aep_xdm.flat_view_sql(spec.name, _pqs_table(body), tenant))
+        self.execute(aep_xdm.flat_view_sql(spec.name, _pqs_table(body), tenant, self.dialect))
         return self._dataset(dataset_id, body)
 
     def find_dataset(self, name: str) -> Dataset | None:
@@ -365,6 +366,10 @@ class AEPPlatform(Platform):
         self._pg_opened = time.time()
         return self._pg
 
+    def teardown_after_execution(self, context) -> None:
+        """Dagster hook: close the Query Service connection when the run (or step) ends."""
+        self._close()
+
     def _close(self) -> None:
         if self._pg is not None:
             try:
@@ -493,8 +498,8 @@ class AEPPlatform(Platform):
             raise AEPConfigError("AEP dataset export needs AEP_EXPORT_S3_ACCESS_KEY_ID and "
                                  "AEP_EXPORT_S3_SECRET_ACCESS_KEY (the key AEP writes to the bucket with)")
         parent = export_parent(dataset)
-        before = _folders(storage.list_keys(parent), parent)
         flow_id = self._export_flow(dataset, storage)
+        before = _folders(storage.list_keys(parent), parent)
         run_id = self._adhoc_export(flow_id, dataset)
         self._wait(f"dataset export run {run_id}", lambda: self._finished_run(run_id))
         keys = storage.list_keys(parent)
@@ -518,7 +523,8 @@ class AEPPlatform(Platform):
                 size += path.stat().st_size
                 columns = columns or metadata.schema.to_arrow_schema().names
                 path.unlink()
-        manifest = Manifest(prefix, files, rows, size, columns, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest = Manifest(prefix, files, rows, size, columns, created)
         storage.put_bytes(f"{prefix}/{MANIFEST}", manifest.to_json())
         log.info("dataset %s exported by run %s: %d files, %d rows", dataset.name, run_id, len(files), rows)
         return manifest
@@ -689,8 +695,7 @@ class _Clients:
 
     def __init__(self, platform: AEPPlatform):
         import aepp
-        from aepp import catalog, destinationinstanceservice, flowservice, ingestion, queryservice, schema
-        from aepp import segmentation
+        from aepp import catalog, destinationinstanceservice, flowservice, ingestion, queryservice, schema, segmentation
 
         self.redact = Redactor()
         policy = RetryPolicy(attempts=platform.http_attempts, backoff_seconds=platform.http_backoff_seconds)
@@ -772,9 +777,9 @@ def _folders(keys: list[str], parent: str) -> set[str]:
 
 
 def _to_arrow(description, rows: list[tuple]) -> pa.Table:
-    columns = list(zip(*rows)) if rows else [() for _ in description]
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in description]
     arrays = []
-    for column, values in zip(description, columns):
+    for column, values in zip(description, columns, strict=True):
         arrow_type = _PG_ARROW.get(column.type_code)
         values = [float(v) if isinstance(v, Decimal) else v for v in values]
         arrays.append(pa.array(values, type=arrow_type) if arrow_type is not None or values

@@ -12,8 +12,8 @@ our own fields under the tenant object `_{tenant}` (`_{tenant}.userid`, `_{tenan
   `_acp_batchid`) again, so the project's SQL files run unchanged: `Dataset.table` of an ingested
   dataset in AEP mode is that view, not the dataset's own table.
 
-Struct fields are read as `(col).field` in the view: valid in Spark SQL and in PostgreSQL (the tests
-run the view against PostgreSQL composite types).
+The view reads struct fields with Query Service's dot notation; for PostgreSQL (the tests' stand-in
+for Query Service, with composite types) it is rendered as `(col).field`.
 """
 
 from __future__ import annotations
@@ -162,14 +162,18 @@ def flat_view_name(table: str) -> str:
     return names.identifier(f"{table}_flat", "Query Service view name")
 
 
-def flat_view_sql(dataset: str, table: str, tenant: str) -> str:
-    """`CREATE OR REPLACE VIEW {table}_flat`: the flat column names over the XDM dataset."""
+def flat_view_sql(dataset: str, table: str, tenant: str, dialect: str = "spark") -> str:
+    """`CREATE OR REPLACE VIEW {table}_flat`: the flat column names over the XDM dataset.
+
+    Query Service reads nested fields with dots (`_acme.userid`, `web.webPageDetails.URL`); PostgreSQL
+    (the tests' stand-in, with composite types) needs `(_acme).userid`.
+    """
     selects = []
     for column in XDM_PATHS[dataset]:
         root, *rest = path_of(dataset, column, tenant)
         expression = root
         for part in rest:
-            expression = f"({expression}).{part}"
+            expression = f"({expression}).{part}" if dialect == "postgres" else f"{expression}.{part}"
         selects.append(f"{expression} AS {names.identifier(column, 'column')}")
     selects.append("_ACP_BATCHID AS _acp_batchid")
     return (f"CREATE OR REPLACE VIEW {flat_view_name(table)} AS SELECT " + ", ".join(selects)
