@@ -24,8 +24,11 @@ def land_files(context: dg.AssetExecutionContext, platform: Platform, spec: Data
         batch = platform.ingest_batch(dataset, spec, [path], idempotency_key=file_digest(path))
         landed_rows += batch.record_count or 0
         batches.append({"file": path.name, "batch_id": batch.id, "records": batch.record_count})
-        context.log.info(f"{spec.name}: batch {index + 1}/{len(files)} {batch.id} ({batch.record_count} records, "
-                         f"{time.monotonic() - before:.1f} s)")
+        elapsed = time.monotonic() - started
+        eta = elapsed / (index + 1) * (len(files) - index - 1)
+        context.log.info(f"{spec.name}: batch {index + 1}/{len(files)} {batch.id}: {batch.record_count} records in "
+                         f"{time.monotonic() - before:.1f} s, {landed_rows / max(elapsed, 1e-9):,.0f} rows/s overall, "
+                         f"ETA {eta:.0f} s")
     seconds = time.monotonic() - started
     sample = platform.query(platform.render("dataset_preview", table=Identifier(dataset.table)))
     return dg.MaterializeResult(metadata={

@@ -71,8 +71,10 @@ def synthetic_data(context: dg.AssetExecutionContext, config: SyntheticDataConfi
         truth_frames.append(data.truth.select("converted_before_cutoff", "converted_in_horizon"))
         if batch == 0:
             first = data
-        context.log.info(f"generated batch {batch + 1}/{generator_config.batches}: "
-                         f"{data.profiles.height} profiles, {data.events.height} events")
+        elapsed = (datetime.now(timezone.utc) - started).total_seconds()
+        eta = elapsed / (batch + 1) * (generator_config.batches - batch - 1)
+        context.log.info(f"generated batch {batch + 1}/{generator_config.batches}: {data.profiles.height} profiles, "
+                         f"{data.events.height} events; ETA {eta:.0f} s")
     folder.publish(staging, timeline)
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
 
