@@ -16,7 +16,6 @@ from aep_assets.defs.automation import RANGE_END, RANGE_START
 from aep_assets.defs.partitions import profile_batches
 from aep_assets.lib.datasets import PROFILES
 
-
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
