@@ -8,7 +8,7 @@ import dagster as dg
 
 from aep_assets.defs import activation, automation, features, platform, scoring, synthetic, training
 from aep_assets.resources.environment import build_resources
-from aep_assets.settings import platform_env
+from aep_assets.settings import REPO_ROOT, platform_env
 
 ASSETS = [
     synthetic.synthetic_data,
@@ -26,6 +26,17 @@ ASSETS = [
 ]
 
 
+def production_executor():
+    """AEP_ASSETS_EXECUTOR=k8s: each step in its own Kubernetes Job (deploy/k8s_executor.yaml)."""
+    if os.environ.get("AEP_ASSETS_EXECUTOR", "").strip().lower() != "k8s":
+        return None
+    import yaml
+    from dagster_k8s import k8s_job_executor  # the optional 'k8s' extra of the production image
+
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "k8s_executor.yaml").read_text())["execution"]["config"]
+    return k8s_job_executor.configured(config)
+
+
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     """Everything Dagster loads; tests pass their own resources."""
     return dg.Definitions(
@@ -37,6 +48,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
             os.environ.get("AEP_ASSETS_RETRAIN_CRON", "0 3 * * 1"),
             os.environ.get("AEP_ASSETS_RESCORE_CRON", "0 4 * * *")),
         resources=resources if resources is not None else build_resources(platform_env()),
+        executor=production_executor(),
     )
 
 

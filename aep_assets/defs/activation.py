@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from aep_assets.defs.metadata import image, table
+from aep_assets.defs.metadata import OWNERS, image, table
 from aep_assets.lib import audiences, plots
 from aep_assets.lib.datasets import PROPENSITY_SCORES
 from aep_assets.lib.names import slug
@@ -35,7 +35,8 @@ class AudiencesConfig(dg.Config):
         return [audiences.Interval(i.name, i.lower, i.upper, i.description) for i in items]
 
 
-@dg.asset(deps=["aep_propensity_scores"], group_name="activation", kinds={"postgres", "aep"}, pool="audiences",
+@dg.asset(deps=["aep_propensity_scores"], group_name="activation", owners=OWNERS,
+          kinds={"postgres", "aep"}, pool="audiences",
           check_specs=[dg.AssetCheckSpec("propensity_audiences_sizes", asset="propensity_audiences",
                                          description="Each audience's platform size equals the number of "
                                                      "latest scores inside its interval.")],
@@ -59,15 +60,16 @@ def propensity_audiences(context: dg.AssetExecutionContext, config: AudiencesCon
         "audiences": table(pl.DataFrame([{"audience": a.name, "id": a.id, "pql": a.expression} for a in created])),
         "reach": table(reach),
         "scored_profiles": len(propensity),
-        "histogram": image(plots.histogram(propensity, "Latest propensity per profile, with the audience intervals",
-                                           "propensity", intervals=[(i.name, i.lower, i.upper) for i in intervals]),
-                           "propensity histogram"),
+        "histogram_plot": image(plots.histogram(
+            propensity, "Latest propensity per profile, with the audience intervals", "propensity",
+            intervals=[(i.name, i.lower, i.upper) for i in intervals]), "propensity histogram"),
     })
     yield dg.AssetCheckResult(check_name="propensity_audiences_sizes", passed=consistent,
                               metadata={"platform_sizes": dg.MetadataValue.json(platform_sizes)})
 
 
-@dg.asset(deps=["propensity_audiences"], group_name="activation", kinds={"parquet", "s3"}, pool="audiences",
+@dg.asset(deps=["propensity_audiences"], group_name="activation", owners=OWNERS,
+          kinds={"parquet", "s3"}, pool="audiences",
           description="Each audience's members exported to the file-based destination in cloud storage under "
                       "cmle/activation/{audience}/exportTime={ts}/ with a manifest; older exports of the same "
                       "audience are removed once the new one is complete, so re-runs replace, never duplicate.")

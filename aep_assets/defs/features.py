@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from aep_assets.defs.metadata import image, preview, table
+from aep_assets.defs.metadata import OWNERS, image, preview, table
 from aep_assets.lib import features, plots
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES
 from aep_assets.lib.sql import Fragment, Identifier
@@ -35,7 +35,8 @@ def timeline_end(platform: Platform, events_table: str) -> datetime:
     return latest.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
 
 
-@dg.asset(deps=["aep_profiles", "aep_experience_events"], group_name="features", kinds={"postgres", "sql"},
+@dg.asset(deps=["aep_profiles", "aep_experience_events"], group_name="features", owners=OWNERS,
+          kinds={"postgres", "sql"},
           check_specs=[
               dg.AssetCheckSpec("training_features_row_count", asset="training_features", blocking=True,
                                 description="One row per profile not converted before the cutoff."),
@@ -84,7 +85,7 @@ def training_features(context: dg.AssetExecutionContext, config: TrainingWindowC
         metadata={"label_rate": label_rate, "positives": positives})
 
 
-@dg.asset(deps=["training_features"], group_name="features", kinds={"postgres", "sql"},
+@dg.asset(deps=["training_features"], group_name="features", owners=OWNERS, kinds={"postgres", "sql"},
           description="Exploratory analysis the reference did in notebooks: the funnel per event type "
                       "(events and distinct users), co-occurrence of event types per user, events per week, "
                       "and each feature's correlation with the label.")
@@ -134,7 +135,7 @@ def feature_label_correlations(sample: pl.DataFrame) -> pl.DataFrame:
             .sort(pl.col("correlation").abs(), descending=True))
 
 
-@dg.asset(deps=["training_features"], group_name="export", kinds={"parquet", "s3"},
+@dg.asset(deps=["training_features"], group_name="export", owners=OWNERS, kinds={"parquet", "s3"},
           description="The training table exported to cloud storage as gzip parquet under "
                       "cmle/egress/{dataset_id}/exportTime={YYYYMMDDHHMMSS}/, as AEP's dataset export "
                       "writes it; complete only once its manifest exists. The ML side reads only this.")

@@ -5,6 +5,8 @@ import polars as pl
 
 from aep_assets.lib import plots
 
+OWNERS = ["team:cmle-data-platform"]
+
 
 def preview(frame: pl.DataFrame, rows: int = 10) -> dg.MetadataValue:
     """The first rows as a markdown table (shown inline in the UI)."""

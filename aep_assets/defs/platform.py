@@ -5,7 +5,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from aep_assets.defs.metadata import preview
+from aep_assets.defs.metadata import OWNERS, preview
 from aep_assets.defs.synthetic import source_folder
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, DatasetSpec
 from aep_assets.lib.source_files import file_digest
@@ -42,14 +42,14 @@ def land_files(context: dg.AssetExecutionContext, platform: Platform, spec: Data
     })
 
 
-@dg.asset(deps=["synthetic_profiles"], group_name="platform", kinds={"postgres", "aep"},
+@dg.asset(deps=["synthetic_profiles"], group_name="platform", owners=OWNERS, kinds={"postgres", "aep"},
           description="The profile dataset (profile-enabled, identity userid in namespace ECID): one platform "
                       "batch per synthetic profile batch. Its batch ids are the scoring partitions.")
 def aep_profiles(context: dg.AssetExecutionContext, platform: Platform) -> dg.MaterializeResult:
     return land_files(context, platform, PROFILES, "profiles")
 
 
-@dg.asset(deps=["synthetic_experience_events"], group_name="platform", kinds={"postgres", "aep"},
+@dg.asset(deps=["synthetic_experience_events"], group_name="platform", owners=OWNERS, kinds={"postgres", "aep"},
           description="The experience event dataset: every synthetic event, one platform batch per profile batch.")
 def aep_experience_events(context: dg.AssetExecutionContext, platform: Platform) -> dg.MaterializeResult:
     return land_files(context, platform, EXPERIENCE_EVENTS, "events")

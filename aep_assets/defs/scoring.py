@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from aep_assets.defs.metadata import image
+from aep_assets.defs.metadata import OWNERS, image
 from aep_assets.defs.partitions import profile_batches
 from aep_assets.lib import features, modeling, plots
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
@@ -32,7 +32,7 @@ def scores_parent(scores_dataset_id: str, profile_batch: str) -> str:
 
 
 @dg.asset(deps=["aep_profiles", "aep_experience_events"], partitions_def=profile_batches,
-          backfill_policy=SINGLE_RUN, group_name="scoring", kinds={"postgres", "sql"},
+          backfill_policy=SINGLE_RUN, group_name="scoring", owners=OWNERS, kinds={"postgres", "sql"},
           check_specs=[dg.AssetCheckSpec("scoring_features_row_count", asset="scoring_features", blocking=True,
                                          description="One feature row per profile of the batch.")],
           description="Current features (as of now, from all events so far) of the profiles of one profile "
@@ -65,7 +65,7 @@ def scoring_features(context: dg.AssetExecutionContext, platform: Platform):
 
 
 @dg.asset(deps=["scoring_features", "propensity_model"], partitions_def=profile_batches,
-          backfill_policy=SINGLE_RUN, group_name="scoring", kinds={"sklearn", "parquet", "s3"},
+          backfill_policy=SINGLE_RUN, group_name="scoring", owners=OWNERS, kinds={"sklearn", "parquet", "s3"},
           check_specs=[
               dg.AssetCheckSpec("propensity_scores_valid", asset="propensity_scores", blocking=True,
                                 description="Every score in [0, 1], no nulls, exactly one per profile of the batch."),
@@ -132,7 +132,7 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
         "model": f"{champion.name} v{champion.version}", "scored_at": scored_at.isoformat(),
         "dagster/row_count": int(values.size), "batches": dg.MetadataValue.md(
             pl.DataFrame(summaries).to_pandas().to_markdown(index=False, floatfmt=".4g")),
-        "histogram": image(plots.histogram(values, "Propensity of the scored profiles", "propensity"), "scores"),
+        "histogram_plot": image(plots.histogram(values, "Propensity of the scored profiles", "propensity"), "scores"),
     }
     if len(summaries) == 1:
         return_metadata["path"] = dg.MetadataValue.path(summaries[0]["path"])
@@ -160,7 +160,7 @@ def _previous_scores(storage: Storage, parent: str) -> np.ndarray | None:
 
 
 @dg.asset(deps=["propensity_scores"], partitions_def=profile_batches, backfill_policy=SINGLE_RUN,
-          group_name="scoring", kinds={"postgres", "aep"},
+          group_name="scoring", owners=OWNERS, kinds={"postgres", "aep"},
           description="The batch's scores file ingested as one batch into the profile-enabled dataset "
                       "cmle_propensity_scores (the reference's _{tenant}.propensity); the latest score per "
                       "profile wins, as profile merge does. Re-ingesting the same file adds nothing.")

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from aep_assets.defs.metadata import preview, table
+from aep_assets.defs.metadata import OWNERS, preview, table
 from aep_assets.lib import synthetic
 from aep_assets.lib.features import DEFAULT_CUTOFF_DAYS_BEFORE_END, DEFAULT_HORIZON_DAYS
 from aep_assets.lib.source_files import SourceFolder, timeline_of
@@ -46,10 +46,10 @@ def source_folder() -> SourceFolder:
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("synthetic_profiles", group_name="synthetic", kinds={"python", "parquet"},
+        dg.AssetSpec("synthetic_profiles", group_name="synthetic", owners=OWNERS, kinds={"python", "parquet"},
                      description="Synthetic customer profiles (names, email, ECID-style userid, location), "
                                  "one parquet file per profile batch, as a CRM would drop them."),
-        dg.AssetSpec("synthetic_experience_events", group_name="synthetic", kinds={"python", "parquet"},
+        dg.AssetSpec("synthetic_experience_events", group_name="synthetic", owners=OWNERS, kinds={"python", "parquet"},
                      description="Ten weeks of email, web, commerce, advertising and decisioning events of "
                                  "those profiles, with conversions (web.formFilledOut) from the reference's "
                                  "propensity process, and the generator's ground truth for the oracle AUC."),

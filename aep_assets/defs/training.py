@@ -14,7 +14,7 @@ from pydantic import Field
 from sklearn.metrics import roc_auc_score
 
 from aep_assets.defs.features import TRAINING_DATASET
-from aep_assets.defs.metadata import image, table
+from aep_assets.defs.metadata import OWNERS, image, table
 from aep_assets.defs.synthetic import source_folder
 from aep_assets.lib import modeling
 from aep_assets.lib.features import ID_COLUMN
@@ -40,7 +40,7 @@ class ModelConfig(dg.Config):
 
 
 @dg.asset(
-    deps=["training_export"], group_name="training", kinds={"sklearn", "mlflow"},
+    deps=["training_export"], group_name="training", owners=OWNERS, kinds={"sklearn", "mlflow"},
     check_specs=[
         dg.AssetCheckSpec(CHECKS[0], asset="propensity_model", blocking=True,
                           description="Test ROC AUC at or above the configured floor."),
@@ -129,14 +129,14 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
         "brier": round(evaluation.brier, 5), "base_rate": round(evaluation.base_rate, 5),
         "registered_version": str(version), "promoted": promoted, "gate_passed": gate.passed,
         "champion_auc_before": round(champion_auc, 4) if champion_auc is not None else "none",
-        "mlflow_run": dg.MetadataValue.text(mlflow_tracking.ui_url(run.info.run_id, experiment_id)),
+        "mlflow_run": mlflow_tracking.run_link(run.info.run_id, experiment_id),
         "mlflow_run_id": run.info.run_id, "training_export": dg.MetadataValue.path(storage.uri(manifest.prefix)),
-        "train_seconds": round(train_seconds, 1), "trials": dg.MetadataValue.json(model.trials),
+        "roc_plot": image(evaluation.plots["roc"], "ROC"),
+        "precision_recall_plot": image(evaluation.plots["precision_recall"], "precision-recall"),
+        "calibration_plot": image(evaluation.plots["calibration"], "calibration"),
+        "feature_importance_plot": image(importance_png, "feature importance"),
         "deciles": table(evaluation.deciles),
-        "roc": image(evaluation.plots["roc"], "ROC"),
-        "precision_recall": image(evaluation.plots["precision_recall"], "precision-recall"),
-        "calibration": image(evaluation.plots["calibration"], "calibration"),
-        "feature_importance": image(importance_png, "feature importance"),
+        "train_seconds": round(train_seconds, 1), "trials": dg.MetadataValue.json(model.trials),
         "dagster/row_count": frame.height,
     })
     for check_name, result in zip(CHECKS, gate.results, strict=True):

@@ -24,7 +24,8 @@ def storage_from_env() -> LocalStorage | S3Storage:
 
 
 def build_resources(env: str) -> dict:
-    tracking = MlflowTracking(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""))
+    tracking = MlflowTracking(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
+                              artifact_location=os.environ.get("MLFLOW_ARTIFACT_LOCATION", ""))
     if env == "aep":
         from aep_assets.resources.aep_platform import AEPPlatform
 

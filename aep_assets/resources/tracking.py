@@ -65,9 +65,10 @@ class MlflowTracking(dg.ConfigurableResource):
                 return None
             raise
 
-    def ui_url(self, run_id: str, experiment_id: str) -> str:
-        """Where a person finds the run (a path hint for the local store)."""
+    def run_link(self, run_id: str, experiment_id: str) -> dg.MetadataValue:
+        """Where a person finds the run: a link on a tracking server, the command for the local store."""
         uri, _ = self._paths()
         if uri.startswith("http"):
-            return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-        return f"mlflow ui --backend-store-uri {uri}  →  experiment {experiment_id}, run {run_id}"
+            return dg.MetadataValue.url(f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}")
+        return dg.MetadataValue.text(f"mlflow ui --backend-store-uri {uri}  →  experiment {experiment_id}, "
+                                     f"run {run_id}")
