@@ -148,8 +148,9 @@ class LocalPlatform(Platform):
             if existing:
                 return existing
             conn.execute(f"CREATE TABLE IF NOT EXISTS {names.quoted(table)} ({columns}, _acp_batchid text NOT NULL)")
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {names.quoted(table + '_batch')} "
-                         f"ON {names.quoted(table)} (_acp_batchid)")
+            if spec.unique_identity:  # record datasets are read per batch; events never are
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {names.quoted(table + '_batch')} "
+                             f"ON {names.quoted(table)} (_acp_batchid)")
             conn.execute(f"CREATE INDEX IF NOT EXISTS {names.quoted(table + '_identity')} "
                          f"ON {names.quoted(table)} ({names.quoted(spec.identity)})")
             conn.execute(
