@@ -54,7 +54,7 @@ def propensity_audiences(context: dg.AssetExecutionContext, config: AudiencesCon
     propensity = platform.query(audiences.latest_propensities_sql(platform.dialect, scores.table))["propensity"]
     propensity = propensity.to_numpy()
     reach = audiences.reach_table(propensity, intervals)
-    platform_sizes = {a.name: platform.audience_size(a, scores) for a in created}
+    platform_sizes = platform.audience_sizes(created, scores)
     consistent = all(platform_sizes[row["audience"]] == row["profiles"] for row in reach.iter_rows(named=True))
     yield dg.MaterializeResult(metadata={
         "audiences": table(pl.DataFrame([{"audience": a.name, "id": a.id, "pql": a.expression} for a in created])),
@@ -78,10 +78,9 @@ def audience_activations(context: dg.AssetExecutionContext, platform: Platform, 
     export_time = datetime.now(timezone.utc)
     rows = []
     current = {slug(a.name) for a in platform.audiences()}
-    for audience in platform.audiences():
-        manifest = platform.activate_audience(audience, scores, storage, export_time)
-        rows.append({"audience": audience.name, "members": manifest.rows, "path": storage.uri(manifest.prefix)})
-        context.log.info(f"activated {audience.name!r}: {manifest.rows} members → {storage.uri(manifest.prefix)}")
+    for name, manifest in platform.activate_audiences(platform.audiences(), scores, storage, export_time).items():
+        rows.append({"audience": name, "members": manifest.rows, "path": storage.uri(manifest.prefix)})
+        context.log.info(f"activated {name!r}: {manifest.rows} members → {storage.uri(manifest.prefix)}")
     for key in storage.list_keys("cmle/activation"):
         if key.split("/")[2] not in current:  # audiences that were deleted
             storage.delete_prefix("/".join(key.split("/")[:3]))

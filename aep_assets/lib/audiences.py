@@ -66,5 +66,20 @@ def latest_propensities_sql(dialect: sql.Dialect, scores_table: str) -> str:
                                         latest_scores=latest_scores(scores_table)), dialect)
 
 
+def sizes_sql(dialect: sql.Dialect, scores_table: str, bounds: list[tuple[float, float]]) -> str:
+    """One pass over the latest scores counting the members of every interval (size_0, size_1, ...)."""
+    columns = ",\n    ".join(
+        sql.substitute("SUM(CASE WHEN propensity >= $lower AND propensity < $upper THEN 1 ELSE 0 END)",
+                       lower=lower, upper=upper) + f" AS size_{index}"
+        for index, (lower, upper) in enumerate(bounds))
+    return sql.transpile(sql.substitute(sql.load("audience_sizes"), latest_scores=latest_scores(scores_table),
+                                        size_columns=sql.Fragment(columns)), dialect)
+
+
+def latest_members_sql(dialect: sql.Dialect, scores_table: str) -> str:
+    return sql.transpile(sql.substitute(sql.load("latest_members"), latest_scores=latest_scores(scores_table)),
+                         dialect)
+
+
 def activation_parent(audience_name: str) -> str:
     return f"cmle/activation/{names.slug(audience_name)}"

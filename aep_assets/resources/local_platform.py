@@ -19,6 +19,7 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
 
@@ -352,16 +353,32 @@ class LocalPlatform(Platform):
     def audience_size(self, audience: Audience, scores: Dataset) -> int:
         return self.audience_members(audience, scores).num_rows
 
+    def audience_sizes(self, selected: list[Audience], scores: Dataset) -> dict[str, int]:
+        if not selected:
+            return {}
+        row = self.query(audiences.sizes_sql(self.dialect, scores.table, [(a.lower, a.upper) for a in selected]))
+        return {a.name: int(row[f"size_{i}"][0].as_py() or 0) for i, a in enumerate(selected)}
+
     def activate_audience(self, audience: Audience, scores: Dataset, storage: Storage,
                           export_time: datetime) -> Manifest:
-        parent = audiences.activation_parent(audience.name)
-        prefix = f"{parent}/exportTime={export_time:%Y%m%d%H%M%S}"
-        manifest = storage.write_table(prefix, self.audience_members(audience, scores), compression="zstd",
-                                       suffix=".parquet")
-        for older in storage.complete_writes(parent):
-            if older.prefix != prefix:
-                storage.delete_prefix(older.prefix)
-        return manifest
+        return self.activate_audiences([audience], scores, storage, export_time)[audience.name]
+
+    def activate_audiences(self, selected: list[Audience], scores: Dataset, storage: Storage,
+                           export_time: datetime) -> dict[str, Manifest]:
+        """The latest scores are read once and cut per audience (each cut is a full-table read otherwise)."""
+        latest = self.query(audiences.latest_members_sql(self.dialect, scores.table))
+        propensity = latest["propensity"]
+        manifests = {}
+        for audience in selected:
+            inside = pc.and_(pc.greater_equal(propensity, audience.lower), pc.less(propensity, audience.upper))
+            parent = audiences.activation_parent(audience.name)
+            prefix = f"{parent}/exportTime={export_time:%Y%m%d%H%M%S}"
+            manifests[audience.name] = storage.write_table(prefix, latest.filter(inside), compression="zstd",
+                                                           suffix=".parquet")
+            for older in storage.complete_writes(parent):
+                if older.prefix != prefix:
+                    storage.delete_prefix(older.prefix)
+        return manifests
 
 
 _BATCH_COLUMNS = "id, dataset_id, status, created_ms, completed_ms, record_count, error, idempotency_key"

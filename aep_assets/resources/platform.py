@@ -141,6 +141,15 @@ class Platform(dg.ConfigurableResource, ABC):
         """A dataset shaped like `like_select`, created empty once (for replace_slice)."""
 
     # --- shared behaviour ---------------------------------------------------------------------
+    def audience_sizes(self, audiences: list[Audience], scores: Dataset) -> dict[str, int]:
+        """Sizes of several audiences (implementations may count them in one pass)."""
+        return {audience.name: self.audience_size(audience, scores) for audience in audiences}
+
+    def activate_audiences(self, audiences: list[Audience], scores: Dataset, storage: Storage,
+                           export_time: datetime) -> dict[str, Manifest]:
+        """Activate several audiences (implementations may read the scores once for all)."""
+        return {a.name: self.activate_audience(a, scores, storage, export_time) for a in audiences}
+
     def render(self, name: str, **params: object) -> str:
         """`sql/{name}.sql` in this platform's dialect."""
         return sql.render(name, self.dialect, **params)
