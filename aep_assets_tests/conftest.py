@@ -61,3 +61,10 @@ def storage(home) -> LocalStorage:
 @pytest.fixture
 def tracking(home) -> MlflowTracking:
     return MlflowTracking()
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_mlflow_uri(monkeypatch):
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; a later test building its resources
+    from the environment would otherwise pick up an earlier test's registry."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -206,7 +206,8 @@ def dagster_ui(chromium):
     dagster_home = home / "dagster"
     dagster_home.mkdir()
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {**os.environ, "AEP_ASSETS_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "TMPDIR": "/tmp"}
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+           "AEP_ASSETS_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "TMPDIR": "/tmp"}
     logs = {"webserver": home / "webserver.log", "daemon": home / "daemon.log"}
     port = free_port()
     processes: list[subprocess.Popen] = []
@@ -222,6 +223,7 @@ def dagster_ui(chromium):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AEP_ASSETS_HOME", str(home))
         patch.setenv("DAGSTER_HOME", str(dagster_home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # exported by earlier tests' mlflow calls
         from aep_assets.definitions import build_definitions
         from aep_assets.main import run_all
 
