@@ -155,8 +155,9 @@ def test_truth_agrees_with_the_events(small, small_data):
     assert truth["userid"].equals(small_data.profiles["userid"])
     forms = events.filter(pl.col("event_type") == TARGET_EVENT).select("userid", "timestamp")
     joined = truth.join(forms, on="userid", how="left")
-    before = joined["timestamp"].is_not_null() & (joined["timestamp"] <= small.cutoff)
-    after = (joined["timestamp"] > small.cutoff) & (joined["timestamp"] <= small.cutoff + timedelta(days=14))
+    # as in the feature SQL: observed strictly before the cutoff, the label from the cutoff on
+    before = joined["timestamp"].is_not_null() & (joined["timestamp"] < small.cutoff)
+    after = (joined["timestamp"] >= small.cutoff) & (joined["timestamp"] <= small.cutoff + timedelta(days=14))
     assert joined["converted_before_cutoff"].equals(before.alias("converted_before_cutoff"))
     assert joined["converted_in_horizon"].equals(after.fill_null(False).alias("converted_in_horizon"))
 
@@ -173,7 +174,8 @@ def test_oracle_ranks_and_is_calibrated(with_oracle):
     open_ = data.truth.filter(~pl.col("converted_before_cutoff"))
     y = open_["converted_in_horizon"].to_numpy().astype(float)
     p = open_["oracle_probability"].to_numpy()
-    assert _auc(y, p) > 0.7
+    # converged about 0.80 here; the 32-draw oracle this replaced scored about 0.77 (its noise)
+    assert _auc(y, p) > 0.78
     # calibration: realised rate vs mean probability, within the labels' sampling error (the
     # Monte Carlo error of the mean over this many users is far smaller)
     se = np.sqrt(p.mean() * (1 - p.mean()) / y.size)
@@ -184,6 +186,26 @@ def test_oracle_ranks_and_is_calibrated(with_oracle):
         group = (level >= lo) & (level <= hi)
         pg = p[group].mean()
         assert abs(y[group].mean() - pg) < 3.5 * np.sqrt(pg * (1 - pg) / group.sum())
+
+
+def test_oracle_auc_is_stable_across_draws():
+    """Two independent sets of oracle draws on the same users rank them alike (the Monte Carlo
+    noise no longer sets the ceiling) and agree user by user."""
+    config = SyntheticConfig(profiles=20_000, batches=1, seed=23, end=END)
+    clock = synthetic._Clock(config)
+    sim = synthetic._simulate(config.profiles, config.weeks, clock,
+                              np.random.default_rng(synthetic._streams(config, 0)[1]))
+    before, label, first = synthetic._ground_truth(clock, sim, config.oracle_draws, np.random.default_rng(1))
+    _, _, second = synthetic._ground_truth(clock, sim, config.oracle_draws, np.random.default_rng(2))
+    y = label[~before].astype(float)
+    p1, p2 = first[~before], second[~before]
+    # between two draws' AUCs at this size (sd over seeds): the 32-draw oracle this replaced 0.0035
+    # (and 2.4 points below its converged AUC on 50k users), this one 0.0013 (0.0006 below)
+    assert abs(_auc(y, p1) - _auc(y, p2)) < 0.005
+    # user by user: relative rms difference about 0.09 (the 32-draw oracle: about 0.9)
+    mean = (p1 + p2) / 2
+    some = mean > 0.01
+    assert np.sqrt(np.mean(((p1 - p2)[some] / mean[some]) ** 2)) < 0.15
 
 
 def test_walk_clips_at_both_ends_like_the_sequential_loop():

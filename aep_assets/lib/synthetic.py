@@ -42,35 +42,72 @@ fills pools of names and locale cities once (fixed Faker seed); numpy samples th
 from numpy streams spawned from (seed, batch), so any batch, including new ones past the initial K,
 is generated alone and identically.
 
-Ground truth: for each user without a form by the cutoff, `oracle_probability` is P(form in
-(cutoff, cutoff + horizon] | the user's events up to the cutoff), by importance-weighted Monte Carlo
-of this same process, `oracle_draws` draws per user, vectorised over users x draws; it reads only
-the events up to the cutoff. The conditioning follows the process exactly: base events after the
-cutoff are fresh Poisson events; for each parent type the anchor is drawn from its posterior given
-the children seen (a past parent j with likelihood L_j = exp(-lambda q_j) * prod lambda f_j(x), or,
-only if no child was seen, a future one), each draw weighted by the likelihood (1/n) sum_j L_j over
-its n past and future parents; a past anchor's children still to come are drawn given that there are
-some (zero-truncated Poisson of the remaining mass, then split by type and window); page views are
-weighed between "base" and "children of a click" when clicks are uncertain. A draw's conversion
-probability is exact given its events, 1 - prod(1 - p) over its draws in the window (no Bernoulli
-noise); draws whose form would land after min(cutoff + horizon, end) do not count, draws in the last
-60 s before the cutoff (form still to come) do. The only errors are Monte Carlo ones; the bias of the
-weighted ratio (-2% of the mean at 32 draws) is removed by a delete-one jackknife over the draws (the
-estimate clipped to [0, 1]); if all draws of a user had weight 0 (not seen) they count equally.
-`oracle_draws=0` leaves it null.
+Ground truth: for each user without a form before the cutoff, `oracle_probability` is P(form in
+[cutoff, cutoff + horizon] | the user's events strictly before the cutoff), the features' point in
+time (a form at the cutoff is a label, an event at it is not seen). It is a Monte Carlo expectation
+over this same process, `oracle_draws` draws per user, vectorised over users x draws, reading only
+the events before the cutoff, and exact in expectation. The conditioning follows the process: per
+parent type the anchor's posterior given the children seen (a past parent j with likelihood
+L_j = exp(-lambda q_j) * prod lambda f_j(x), a future one with 1 if no child was seen), a draw
+weighted by the likelihood (1/n) sum_j L_j over its n past and future parents; for the base types
+the number of future parents is drawn from its posterior along with the anchor's category, so that
+weight is constant; page views are weighed between "base" and "children of a click". A draw's
+conversion probability is exact given its events, 1 - prod(1 - p) over its Bernoulli draws in the
+window; draws whose form would land after min(cutoff + horizon, end) do not count, draws in the last
+60 s before the cutoff (form still to come) do. `oracle_draws=0` leaves it null.
+
+Where the noise was, and what removes it. With plain draws from the prior (the previous version),
+82% of draws had no event that can convert in the window and 5% (a click in the window: a future
+send, opens, a click, page views after it) carried half the mean, so the estimate was mostly
+indicator noise: 67% relative error per user at 32 draws, an oracle AUC 0.024 below its converged
+value. Now (1) a draw splits into branches at the binary events that decide whether anything can
+convert, keeping both outcomes, each weighted by its exact probability (a conditional expectation
+instead of a sample): the anchor has children to come or not, and then future inside the window or
+active past (every parent type but impressions; sends and opens only where a click can still come);
+opens inside the window after a future send, or none (same users); clicks after a future anchor
+open, or none; page views inside the window (base, or after a click), or none; children inside the
+window of a future anchor page view, or none (after a click); branches only where both outcomes have
+at least 5% chance, counts inside a branch zero-truncated. (2) Every other choice of a draw
+(categories, counts, anchor times) uses a uniform stratified over the user's draws: a Latin
+hypercube, a random permutation of the draws per call and a random shift per user, so strata are
+independent across calls and users. (3) The branch
+weights add up to the draw's weight and the remaining weights vary little, so the plain ratio of
+weighted sums is used: its bias is not measurable at 12 draws (-0.01% +- 0.02% of the mean over 44k
+users; a delete-one jackknife over-corrects stratified draws). A draw is about 3.8 units (branches).
 
 Measured (seed 42, end 2025-06-01, 10 weeks, 14-day cutoff and horizon; this 2-core machine while
-other jobs ran on it, load about 1.3, so timings vary by +-30% between runs). Process: 10.62 events
-per user at 100k (10.60 at 1M; the reference: 1.06M per 100k), 14.7% of users convert over the ten
-weeks (14.78% at 1M), 11.0% before the cutoff, 4.1% of the others inside the horizon. Oracle: mean
-within 0.3 standard errors of the realised horizon rate on 266k open users, also within groups
-(propensity at the cutoff, past click, activity in the last hour or day); AUC 0.773 to 0.776 (32
-draws). Speed, whole process (`generate_batch` over the 10 batches, Faker pools included): 100k
-profiles 0.8 to 1.0 s without the oracle (1.0M to 1.4M events/s), 2.1 to 2.3 s with it, peak RSS
-245 MB; 1M profiles 7.4 to 8.5 s without the oracle (1.2M to 1.4M events/s), 20 to 25 s with it,
-peak RSS 840 MB (two 100k-user batches alive at once). The oracle costs about 1.2 s per 100k users
-at 32 draws, linear in `oracle_draws`. Both miss their targets (2M events/s; a few seconds of oracle
-at 1M): string columns and sorts dominate the first, per-draw work over 32M user-draws the second.
+other jobs ran on it, load 1 to 4, so timings vary by +-20% between runs). Process: 10.62 events per
+user at 100k (10.60 at 1M; the reference: 1.06M per 100k), 14.7% of users convert over the ten weeks
+(14.78% at 1M), 11.0% before the cutoff, 4.1% of the others inside the horizon. Oracle (12 draws)
+on 300k profiles (266k open users): mean 0.04118 against a realised horizon rate of 0.04137 (+0.5
+standard errors of the labels); within groups (propensity at the cutoff <= 0.031 or above, past
+click or not, activity in the last hour or day or none) the group means are those of the previous
+oracle at 128 draws within 0.1% (the groups' labels deviate from both by up to 2.2 standard
+errors). Against the previous version user by user (2.2k open users of 2.5k profiles, seed 5, end
+2026-11-26; 16 x 1024 draws of it, 8 x 128 of this): z-scores of the differences with sd 1.04, none
+beyond 4. Precision, on 50k profiles (seed 42, end 2026-11-26, 44,421 open users, label
+`converted_in_horizon`): the converged oracle AUC is 0.8014 (mean of five independent runs of 192 to
+512 draws, each 0.8011 to 0.8015); AUC (mean over independent oracle draws) and oracle CPU seconds
+for the 50k users, min of runs:
+
+    previous oracle            this oracle
+    draws  AUC     s           draws  AUC     s      relative error per user
+    32     0.7772  0.71        4      0.7984  0.76   19%
+    64     0.7889  1.38        8      0.8005  1.23   11%
+    128    0.7956  2.64        12     0.8008  1.69    8%   (default; six runs 0.7999 to 0.8018)
+    256    0.7982  5.59        16     0.8010  2.21    7%
+    512    0.7980  10.85       32     0.8010  4.29    5%
+                               64     0.8015  8.77    3%
+
+(The previous oracle at 32 draws: 67% relative error per user.) Two independent draws of the oracle
+on the same 20k profiles: AUCs apart by 0.0013 (sd over 8 seeds; the previous oracle: 0.0035, and
+0.02 lower). Speed, whole process (`generate_batch` over the 10 batches, Faker pools included, CPU
+seconds): 100k profiles 0.5 to 0.8 s without the oracle, 3.6 to 4.2 s with it (with the previous
+oracle 1.6 to 2.0 s), peak RSS 265 MB; 1M profiles 7.8 s without the oracle, 42 s with it, peak RSS
+840 MB (two 100k-user batches alive at once). The oracle costs about 3.1 s per 100k users at 12
+draws (the previous 32-draw one 1.1 to 1.4 s), about linear in `oracle_draws`: numpy passes over
+about 45 units (user x draw x branch) per user. Both miss their targets (2M events/s; a few seconds
+of oracle at 1M): string columns and sorts dominate the first, per-unit work the second.
 """
 
 from __future__ import annotations
@@ -136,7 +173,7 @@ class SyntheticConfig:
     weeks: int = 10
     cutoff_days_before_end: float = 14.0
     horizon_days: float = 14.0
-    oracle_draws: int = 32
+    oracle_draws: int = 12
 
     def __post_init__(self) -> None:
         if not isinstance(self.end, datetime) or self.end.utcoffset() is None:
@@ -190,31 +227,42 @@ def generate_batch(config: SyntheticConfig, batch: int) -> SyntheticData:
     if not 0 <= batch < 2**31:
         raise ValueError("batch must be in [0, 2^31)")
     n = config.batch_size(batch)
-    streams = np.random.SeedSequence(config.seed, spawn_key=(batch,)).spawn(3)
+    streams = _streams(config, batch)
     profiles = _profiles(config, batch, n, np.random.default_rng(streams[0]))
     clock = _Clock(config)
     sim = _simulate(n, config.weeks, clock, np.random.default_rng(streams[1]))
-
-    conv = sim.conversion_us
-    before = (conv >= 0) & (conv <= clock.cutoff_us)
-    in_horizon = (conv > clock.cutoff_us) & (conv <= min(clock.cutoff_us + clock.horizon_us, clock.end_us))
-    oracle = np.full(n, np.nan)
-    if config.oracle_draws > 0 and n > 0:
-        past = sim.time_us <= clock.cutoff_us
-        oracle = _oracle(
-            clock, n, config.oracle_draws, sim.user[past], sim.code[past], sim.time_us[past], sim.level[past],
-            ~before, np.random.default_rng(streams[2]),
-        )
-    batch_col = pl.Series("batch", np.full(n, batch, dtype=np.int32))
+    before, in_horizon, oracle = _ground_truth(clock, sim, config.oracle_draws, np.random.default_rng(streams[2]))
     truth = pl.DataFrame({
         "userid": profiles["userid"],
-        "batch": batch_col,
+        "batch": pl.Series("batch", np.full(n, batch, dtype=np.int32)),
         "converted_before_cutoff": before,
         "converted_in_horizon": in_horizon,
-        "oracle_probability": pl.Series(np.where(before, np.nan, oracle)).fill_nan(None),
+        "oracle_probability": pl.Series(oracle).fill_nan(None),
     })
     events = _event_frame(sim, profiles["userid"], batch, config.seed, clock)
     return SyntheticData(profiles=profiles, events=events, truth=truth)
+
+
+def _streams(config: SyntheticConfig, batch: int) -> list[np.random.SeedSequence]:
+    """A batch's random streams: profiles, process, oracle."""
+    return np.random.SeedSequence(config.seed, spawn_key=(batch,)).spawn(3)
+
+
+def _ground_truth(clock: _Clock, sim: _Simulation, draws: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per user: form before the cutoff, form in the label window, and the oracle probability (nan
+    where it is not defined). Observed means strictly before the cutoff, as in the feature SQL: a
+    form at the cutoff is a label, an event at the cutoff is not seen."""
+    conv = sim.conversion_us
+    n = conv.size
+    before = (conv >= 0) & (conv < clock.cutoff_us)
+    in_horizon = (conv >= clock.cutoff_us) & (conv <= min(clock.cutoff_us + clock.horizon_us, clock.end_us))
+    oracle = np.full(n, np.nan)
+    if draws > 0 and n > 0:
+        past = sim.time_us < clock.cutoff_us
+        oracle = _oracle(clock, n, draws, sim.user[past], sim.code[past], sim.time_us[past], sim.level[past],
+                         ~before, rng)
+    return before, in_horizon, np.where(before, np.nan, oracle)
 
 
 # --- time ---------------------------------------------------------------------------------------
@@ -260,6 +308,7 @@ _LAG = np.array([EVENT_TYPES[n].lag_hours for n in _NAMES])
 # children of each parent, in the reference's processing order (siblings share the anchor)
 _KIDS = {_IMP: (_ACL,), _SENT: (_OPEN,), _OPEN: (_ECL,), _ECL: (_PV,), _PV: (_LC, _PRV, _DSP),
          _PRV: (_PUR,), _DSP: (_INT, _DIS)}
+_PARENT = {kid: parent for parent, kids in _KIDS.items() for kid in kids}
 
 _PAGES = ("home", "pricing", "features", "plans", "blog", "docs", "offers", "support", "about", "contact",
           "product-basic", "product-plus", "product-pro", "checkout", "subscriptionForm")
@@ -390,15 +439,20 @@ def _walk(first: np.ndarray, start: np.ndarray, delta: np.ndarray, top: int = _P
     gid = np.cumsum(first) - 1
     total = np.cumsum(delta)
     before = (total - delta)[first]
-    level = start + total - before[gid]
-    span = int(level.max()) - int(min(level.min(), 0)) + 1
-    shift = gid * span
-    low = np.minimum.accumulate(level - shift) + shift
-    x = level - np.minimum(low, 0)
+    x = start + total - before[gid]
+    if x.min() < 0:
+        # the clip at 0, only in the groups that go below it
+        marked = np.zeros(gid[-1] + 1, dtype=bool)
+        marked[gid[x < 0]] = True
+        rows = np.flatnonzero(marked[gid])
+        level, g = x[rows], gid[rows]
+        shift = g * (int(level.max()) - int(level.min()) + 1)
+        x[rows] = level - np.minimum(np.minimum.accumulate(level - shift) + shift, 0)
     over = x > top
     if over.any():
-        groups = np.unique(gid[over])
-        rows = np.flatnonzero(np.isin(gid, groups))
+        marked = np.zeros(gid[-1] + 1, dtype=bool)
+        marked[gid[over]] = True
+        rows = np.flatnonzero(marked[gid])
         x[rows] = _clamp_scan(first[rows], start[rows], delta[rows], 0, top)
     return x
 
@@ -428,7 +482,8 @@ def _clamp_scan(first: np.ndarray, start: np.ndarray, delta: np.ndarray, low: in
 
 # --- ground truth -------------------------------------------------------------------------------
 
-_ORACLE_UNITS_PER_CHUNK = 1 << 15  # small enough for the chunk's arrays to stay in cache
+_ORACLE_UNITS_PER_CHUNK = 1 << 13  # draws per chunk (about 3.8 units each after the splits: cache-sized)
+_SPLIT_MIN = 0.05  # a binary event splits a unit in two when its rarer outcome has at least this chance
 
 
 class _Past:
@@ -448,7 +503,7 @@ class _Past:
             last = np.r_[rank[1:] != rank[:-1], True]
             self.level[rank[last]] = level[last]
         # draws in the last minute before the cutoff: their form, if any, lands after it
-        pending = _DRAWS[code] & (time_us[keep] > clock.cutoff_us - _CONVERSION_DELAY_US)
+        pending = _DRAWS[code] & (time_us[keep] >= clock.cutoff_us - _CONVERSION_DELAY_US)
         self.pending_log = np.bincount(rank[pending], weights=np.log1p(-level[pending] / _P1), minlength=na)
         self.count, self.total, self.earliest, self.rows = {}, {}, {}, {}
         for c in range(len(_NAMES)):
@@ -520,58 +575,51 @@ class _Anchors:
                 within = (cum - np.repeat((cum - act)[heads], sizes)) / np.repeat(act_sums, sizes)
             self.active_cum = rank + np.where(np.isfinite(within), within, 1.0)
             self.last[owners] = heads + sizes - 1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self.past_mass = np.where(self.unseen, np.exp(self.lse), 0.0)
-            self.const = np.where(self.count > 0, self.lse - np.log(np.maximum(self.count, 1)), 0.0)
+        self.past_mass = np.where(self.unseen, np.exp(self.lse), 0.0)
 
 
 def _oracle(clock: _Clock, n: int, draws: int, user, code, time_us, level, active: np.ndarray,
             rng: np.random.Generator) -> np.ndarray:
-    """P(form in the label window | events up to the cutoff) per user (nan where not active)."""
+    """P(form in the label window | events before the cutoff) per user (nan where not active)."""
     weeks = clock.weeks
     past = _Past(clock, n, user, code, time_us, level, active)
     anchors = {p: _Anchors(past, clock, p, kids, weeks) for p, kids in _KIDS.items()}
     out = np.full(n, np.nan)
     per_chunk = max(1, _ORACLE_UNITS_PER_CHUNK // draws)
     for lo in range(0, past.n, per_chunk):
-        hi = min(lo + per_chunk, past.n)
-        out[past.users[lo:hi]] = _oracle_chunk(clock, weeks, draws, past, anchors, lo, hi, rng)
+        ranks = np.arange(lo, min(lo + per_chunk, past.n))
+        out[past.users[ranks]] = _oracle_chunk(clock, weeks, draws, past, anchors, ranks, rng)
     return out
 
 
-def _poisson(rng: np.random.Generator, lam: np.ndarray, at_least_one: bool = False) -> np.ndarray:
-    """Poisson counts (zero-truncated if asked) by inverse transform of one uniform each, drawing
-    only where the rate is positive: most rates here are zero or tiny, settled by one comparison."""
-    k = np.zeros(lam.size, dtype=np.int64)
-    if lam.size == 0:
-        return k
-    idx = np.flatnonzero(lam > 0)
-    li = lam[idx]
-    ui = rng.random(idx.size)
-    if at_least_one:
-        k[idx] = 1
-        pk = np.where(li < 700, li / np.expm1(np.minimum(li, 700)), 0.0)
-        j = 1
-    else:
-        pk = np.exp(-li)
-        j = 0
+def _poisson(rng: np.random.Generator, lam: np.ndarray, at_least_one: bool = False,
+             u: np.ndarray | None = None) -> np.ndarray:
+    """Poisson counts (zero-truncated if asked) by inverse transform of one uniform each (u if
+    given): a few passes over all rates (most are small), then the rare long tails alone."""
+    u = rng.random(lam.size) if u is None else u
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        pk = np.where(lam < 700, lam / np.expm1(lam), 0.0) if at_least_one else np.exp(-lam)
+    j = 1 if at_least_one else 0
+    k = np.full(lam.size, j, dtype=np.int64)
     cdf = pk.copy()
-    while idx.size:
-        more = (ui > cdf) & (pk > 0)
-        idx, pk, cdf, ui, li = idx[more], pk[more], cdf[more], ui[more], li[more]
+    for _ in range(3):
+        more = u > cdf
+        if not more.any():
+            return k
+        k += more
         j += 1
-        k[idx] = j
+        pk = pk * lam / j
+        cdf += pk
+    idx = np.flatnonzero((u > cdf) & (pk > 0))
+    pk, cdf, ui, li = pk[idx], cdf[idx], u[idx], lam[idx]
+    while idx.size:
+        k[idx] += 1
+        j += 1
         pk = pk * li / j
         cdf = cdf + pk
+        more = (ui > cdf) & (pk > 0)
+        idx, pk, cdf, ui, li = idx[more], pk[more], cdf[more], ui[more], li[more]
     return k
-
-
-_LOG_COUNTS = np.log(np.maximum(np.arange(4096), 1))
-
-
-def _log_count(n: np.ndarray) -> np.ndarray:
-    """log n for counts n >= 1 (by table: counts are small)."""
-    return _LOG_COUNTS[n] if n.size == 0 or n.max() < _LOG_COUNTS.size else np.log(np.maximum(n, 1))
 
 
 def _poisson_flat(rng: np.random.Generator, lam: float, size: int) -> np.ndarray:
@@ -585,25 +633,135 @@ def _thin(rng: np.random.Generator, trials: np.ndarray, p: float) -> np.ndarray:
     return np.bincount(rows[rng.random(rows.size) < p], minlength=trials.size)
 
 
+def _stacked_cdf(mass: np.ndarray) -> np.ndarray:
+    """Cumulative distributions of the rows of `mass`, row r offset by r and flattened: one
+    searchsorted of r + u draws from row r (rows without mass: any value, kept ascending)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cdf = np.cumsum(mass, axis=1) / mass.sum(axis=1, keepdims=True)
+    cdf = np.clip(np.nan_to_num(cdf, nan=1.0), 0.0, 1.0)
+    cdf[:, -1] = 1.0
+    return (cdf + np.arange(mass.shape[0])[:, None]).ravel()
+
+
+class _Copies:
+    """Units copied from others: unit u >= the initial count is a copy of source[u] < u."""
+
+    def __init__(self, units: int):
+        self.units = units
+        self.source = np.arange(units)
+        self.known: dict[int, np.ndarray] = {}
+
+    def add(self, idx: np.ndarray) -> None:
+        self.source = np.concatenate([self.source, idx])
+        self.units += idx.size
+        self.known = {}
+
+    def ancestors(self, size: int) -> np.ndarray:
+        """For units size.., the unit below size each descends from."""
+        if size not in self.known:
+            r = self.source[size:]
+            while r.size and r.max() >= size:
+                r = np.where(r >= size, self.source[r], r)
+            self.known[size] = r
+        return self.known[size]
+
+
+class _PerUnit(dict):
+    """Per-unit arrays by event type, extended to copies made since on access (copying each
+    array once, not at every split)."""
+
+    def __init__(self, copies: _Copies):
+        super().__init__()
+        self.copies = copies
+
+    def __getitem__(self, key: int) -> np.ndarray:
+        v = dict.__getitem__(self, key)
+        if v.size < self.copies.units:
+            v = np.concatenate([v, v[self.copies.ancestors(v.size)]])
+            dict.__setitem__(self, key, v)
+        return v
+
+    def at(self, key: int, idx: np.ndarray) -> np.ndarray:
+        """Values at units idx, read through to the units copied (no extension)."""
+        v = dict.__getitem__(self, key)
+        if v.size < self.copies.units:
+            late = idx >= v.size
+            if late.any():
+                idx = idx.copy()
+                idx[late] = self.copies.ancestors(v.size)[idx[late] - v.size]
+        return v[idx]
+
+
 def _oracle_chunk(clock: _Clock, weeks: int, draws: int, past: _Past, anchors: dict[int, _Anchors],
-                  lo: int, hi: int, rng: np.random.Generator) -> np.ndarray:
-    """Users of ranks lo..hi-1, `draws` units (user x draw) each, unit u belonging to rank lo + u // draws."""
+                  ranks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The users of the given ranks, `draws` draws each. A draw starts as one unit (unit u of draw u,
+    user ranks[u // draws]) and splits into branches at binary events (a copy per outcome, weighted
+    by its probability): a draw's value is the sum over its branches."""
     c, w_end, end = clock.cutoff_h, clock.window_end_h, clock.end_h
-    na = hi - lo
+    na = ranks.size
     units = na * draws
     local = np.repeat(np.arange(na), draws)
+    origin = np.arange(units)
     log_w = np.zeros(units)
     base_share = (w_end - c) / (end - c)
-    nf: dict[int, np.ndarray] = {}        # future events of a type (after the cutoff, any time)
-    nin: dict[int, np.ndarray] = {}       # those inside the window (for base types: drawn late)
-    law: dict[int, np.ndarray | None] = {}  # generating anchor of a type's future events (nan: base law)
-    anchor_t: dict[int, np.ndarray] = {}  # anchor of a parent's children: nan none to come, inf after the window
-    anchor_in: dict[int, np.ndarray] = {}  # that anchor is a future event inside the window
+    copies = _Copies(units)
+    nf = _PerUnit(copies)          # future events of a type (after the cutoff, any time)
+    nin = _PerUnit(copies)         # those inside the window (for base types: drawn late)
+    anchor_t = _PerUnit(copies)    # anchor of a parent's children: nan none to come, inf after the window
+    anchor_in = _PerUnit(copies)   # that anchor is a future event inside the window
+    lam_in = _PerUnit(copies)      # Poisson mean of a child type's count inside the window, where it is
+                                   # independent of the rest (future anchor inside), else 0
+    # no click can exist for a user with page views but no click (they are base page views)
+    no_click = (anchors[_ECL].count[ranks] == 0) & ~anchors[_ECL].unseen[ranks]
 
-    def sample_times(kind: int, idx: np.ndarray) -> np.ndarray:
-        """Times in (c, w_end] of future events of a type, for the given units."""
-        u = rng.random(idx.size)
-        a = law[kind][idx] if law[kind] is not None else np.full(idx.size, np.nan)
+    strata: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def unif(idx: np.ndarray) -> np.ndarray:
+        """One uniform per unit, Latin hypercube over the draws of each user: draw d gets stratum
+        pi(d + s) of `draws`, pi a random permutation (fresh per call) of the draws, s a random
+        shift per user and call (strata independent across calls and users)."""
+        if not strata:
+            perms = rng.permuted(np.tile(np.arange(draws), (64, 1)), axis=1)
+            shifts = rng.integers(0, draws, (64, na))
+            strata.extend(zip(np.tile(perms, 2), shifts, strict=True))
+        perm, shift = strata.pop()
+        if idx.size > units // 4:
+            stratum = perm[np.arange(draws) + shift[:, None]].ravel()[origin[idx]]
+        else:
+            user, d = np.divmod(origin[idx], draws)
+            stratum = perm[d + shift[user]]
+        return (stratum + rng.random(idx.size)) / draws
+
+    def grow(idx: np.ndarray) -> np.ndarray:
+        """Copies of units idx appended (per-type arrays follow on access); returns their indices."""
+        nonlocal units, local, origin, log_w
+        copies.add(idx)
+        local = np.concatenate([local, local[idx]])
+        origin = np.concatenate([origin, origin[idx]])
+        log_w = np.concatenate([log_w, log_w[idx]])
+        new = np.arange(units, units + idx.size)
+        units += idx.size
+        return new
+
+    def branch(idx: np.ndarray, p: np.ndarray, split: bool | np.ndarray = True) -> tuple[np.ndarray, ...]:
+        """Units idx facing an event of probability p: where both outcomes have at least
+        _SPLIT_MIN chance (and `split`), the unit takes 'yes' (weight p) and a copy of it 'no'
+        (weight 1 - p); elsewhere the outcome is drawn. Returns the yes units, their positions in
+        idx, the no units, their positions."""
+        both = (p >= _SPLIT_MIN) & (p <= 1.0 - _SPLIT_MIN) & split
+        one = np.flatnonzero(~both)
+        yes_one = unif(idx[one]) < p[one]
+        two = np.flatnonzero(both)
+        new = grow(idx[two])
+        log_w[idx[two]] += np.log(p[two])
+        log_w[new] += np.log1p(-p[two])
+        yes_pos = np.concatenate([two, one[yes_one]])
+        no_pos = np.concatenate([two, one[~yes_one]])
+        return idx[yes_pos], yes_pos, np.concatenate([new, idx[one[~yes_one]]]), no_pos
+
+    def sample_times(kind: int, idx: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Times in (c, w_end] of future events of a type, for the given units, from uniforms u."""
+        a = anchor_t.at(_PARENT[kind], idx) if kind in _PARENT else np.full(idx.size, np.nan)
         times = c + u * (w_end - c)
         child = ~np.isnan(a)
         if child.any():
@@ -613,160 +771,218 @@ def _oracle_chunk(clock: _Clock, weeks: int, draws: int, past: _Past, anchors: d
             times[child] = ac + low - lag * np.log1p(-u[child] * mass)
         return np.minimum(np.maximum(times, np.nextafter(c, np.inf)), w_end)
 
-    def share(kind: int, idx: np.ndarray) -> np.ndarray:
-        """Chance that one future event of a type is inside the window (realised, for child types)."""
-        if law[kind] is None:
-            return np.full(idx.size, base_share)
-        return nin[kind][idx] / np.maximum(nf[kind][idx], 1)
-
-    def base(kind: int) -> None:
-        nf[kind] = _poisson_flat(rng, _RATE[kind] * weeks / end * (end - c), units)
-        law[kind] = None
-
-    def step(parent: int) -> None:
-        """Draw the anchor of the parent's children from its posterior, weight the draw by the
-        likelihood of the observed children ((1/n) x sum over the n parents, past and future; the
-        per-user constant part cancels in the normalisation and is left out), then draw the
-        children still to come: Poisson, from a future anchor; for a past one, at least one
-        (the anchor was drawn as "active"), split over child types, inside the window or after."""
+    def step(parent: int, split: bool) -> None:
+        """The anchor of the parent's children, from its posterior given the children seen: per
+        unit a future parent inside the window, or after it, a past one with children to come
+        ("active") or without, or none. The unit is weighted by the likelihood of the observed
+        children, (1/n) x sum over the n parents, past (L_j) and future (1), per-user constant
+        factors left out; for a base parent the number of future parents is drawn from its
+        posterior along with the category (the weight is then a per-user constant). Branch
+        points: "children to come" (future inside, or active) or not; then future inside or
+        active. Then the children still to come: Poisson from a future anchor, at least one
+        from an active past one, split over child types, inside the window or after it."""
         kids = _KIDS[parent]
         post = anchors[parent]
-        f = nf[parent]
-        pos = np.flatnonzero(f)
-        g = lo + local[pos]
-        fp = f[pos]
-        count = post.count[g]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # a user who has seen children of the parent: the anchor is past, weight n_past / n
-            # (none past, for page views seen without any click: impossible, weight 0)
-            w = np.where(count > 0, _log_count(count) - _log_count(count + fp), -np.inf)
-            # no children seen: any of the n parents may be the anchor, past ones weighted by L_j
-            u = np.flatnonzero(post.unseen[g])
-            pu, gu, fu = pos[u], g[u], fp[u].astype(np.float64)
-            mass = post.past_mass[gu]
-            w[u] = np.log((mass + fu) / (count[u] + fu)) - post.const[gu]
-            p_future = fu / (mass + fu)
-        log_w[pos] += w
-        # one uniform per unit: future anchor, else (rescaled) an active past anchor and which one
-        v = rng.random(units)
-        vu = v[pu]
-        is_fut = vu < p_future
-        with np.errstate(divide="ignore", invalid="ignore"):
-            v[pu] = np.where(is_fut, 2.0, (vu - p_future) / (1.0 - p_future))
-        z = np.repeat(post.active[lo:hi], draws)
-        act = np.flatnonzero(v < z)
+        if parent in (_IMP, _SENT):
+            mu = _RATE[parent] * weeks / end * (end - c)
+            top = int(mu + 8.0 * math.sqrt(mu) + 8.0)   # Poisson tail beyond: < 1e-13
+            k = np.arange(top + 1)
+            pois = np.exp(-mu + k * math.log(mu) - np.array([math.lgamma(x + 1.0) for x in k]))
+            n_p = post.count[ranks]
+            unseen = post.unseen[ranks]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                inv = np.where(n_p[:, None] + k > 0, 1.0 / (n_p[:, None] + k), 0.0)
+                # joint posterior of (future count k, category): future anchor k/(n+k), past one
+                # sum_j L_j/(n+k) (seen children: n/(n+k), the per-user factor left out), none
+                fut_k = np.where(unseen[:, None], pois * k * inv, 0.0)
+                past_k = pois * np.where(unseen, post.past_mass[ranks], n_p)[:, None] * inv
+                fut_sum, past_sum = fut_k.sum(axis=1), past_k.sum(axis=1)
+                total = fut_sum + past_sum + np.where(n_p == 0, pois[0], 0.0)
+                p_fut = np.where(total > 0, fut_sum / total, 0.0)[local]
+                p_past = np.where(total > 0, past_sum / total, 1.0)[local]
+            # children seen without any parent: impossible (weight 0)
+            log_w[~(total[local] > 0)] = -np.inf
+            cdf_fut, cdf_past = _stacked_cdf(fut_k), _stacked_cdf(past_k)
+            cand = np.arange(units)
+            share = np.full(units, base_share)
+        else:
+            f = nf[parent]
+            n_p = post.count[ranks[local]]
+            cand = np.flatnonzero((f > 0) | (n_p > 0))
+            fc, gc, nc = f[cand], ranks[local[cand]], n_p[cand]
+            unseen = post.unseen[gc]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pm = np.where(unseen, post.past_mass[gc], nc)
+                log_w[cand] += np.log((pm + np.where(unseen, fc, 0)) / (nc + fc))
+                p_fut = np.where(unseen, fc / (pm + fc), 0.0)
+            p_past = 1.0 - p_fut
+            share = nin.at(parent, cand) / np.maximum(fc, 1)
+        p_win = p_fut * share
+        p_yes = p_win + p_past * anchors[parent].active[ranks[local[cand]]]
+        splits = np.full(cand.size, split)
+        if parent in (_SENT, _OPEN):
+            # the email chain matters through clicks: no branch where none can come
+            splits &= ~no_click[local[cand]]
+        yes, yes_pos, no, no_pos = branch(cand, p_yes, splits)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            win, _, act, _ = branch(yes, p_win[yes_pos] / p_yes[yes_pos], splits[yes_pos])
+            is_beyond = rng.random(no.size) * (1.0 - p_yes[no_pos]) < (p_fut - p_win)[no_pos]
+        beyond = no[is_beyond]
+        if parent in (_IMP, _SENT):
+            # future parents from their posterior given the category (future anchor, or not)
+            count = np.zeros(units, dtype=np.int64)
+            rest = np.concatenate([act, no[~is_beyond]])
+            for idx, cdf in ((np.concatenate([win, beyond]), cdf_fut), (rest[n_p[local[rest]] > 0], cdf_past)):
+                row = local[idx]
+                count[idx] = np.minimum(np.searchsorted(cdf, row + unif(idx), side="right") - row * (top + 1), top)
+            nf[parent] = count
         a = np.full(units, np.nan)
-        inside = np.zeros(units, dtype=bool)
-        fut = pu[is_fut]
-        side = vu[is_fut] / p_future[is_fut] < share(parent, fut)
-        beyond, win = fut[~side], fut[side]
         a[beyond] = np.inf
-        a[win] = sample_times(parent, win)
+        a[win] = sample_times(parent, win, unif(win))
+        inside = np.zeros(units, dtype=bool)
         inside[win] = True
         anchor_t[parent], anchor_in[parent] = a, inside
-        ga = lo + local[act]
-        row = np.minimum(np.searchsorted(post.active_cum, ga + v[act] / z[act], side="right"), post.last[ga])
+        ga = ranks[local[act]]
+        row = np.minimum(np.searchsorted(post.active_cum, ga + unif(act), side="right"), post.last[ga])
         a[act] = post.t[row]
-        n_kids = _poisson(rng, post.mass[row], at_least_one=True)
+        n_kids = _poisson(rng, post.mass[row], at_least_one=True, u=unif(act))
         owner = np.repeat(np.arange(act.size), n_kids)
         cat = (rng.random(owner.size)[:, None] > post.split[row[owner]]).sum(axis=1)
         ncat = 2 * len(kids)
-        split = np.bincount(owner * ncat + cat, minlength=act.size * ncat).reshape(act.size, ncat)
-        # children of future anchors, all child types in one draw: (inside, after) per type from an
-        # anchor inside the window, everything after it from one beyond
+        act_kids = np.bincount(owner * ncat + cat, minlength=act.size * ncat).reshape(act.size, ncat)
+        # children of future anchors: (inside, after) per type from an anchor inside the window,
+        # everything after it from one beyond
         lam = _RATE[list(kids)] * weeks
         stay = np.exp(-(w_end - a[win])[:, None] / _LAG[list(kids)])
-        rates = np.concatenate([(lam * (1.0 - stay)).ravel(), (lam * stay).ravel(),
-                                np.broadcast_to(lam, (beyond.size, len(kids))).ravel()])
-        drawn = _poisson(rng, rates)
-        n_win = win.size * len(kids)
-        from_in = drawn[:n_win].reshape(win.size, len(kids))
-        from_after = drawn[n_win: 2 * n_win].reshape(win.size, len(kids))
-        from_beyond = drawn[2 * n_win:].reshape(beyond.size, len(kids))
         for i, kid in enumerate(kids):
+            from_in = _poisson(rng, lam[i] * (1.0 - stay[:, i]), u=unif(win))
             k_in = np.zeros(units, dtype=np.int64)
             k_all = np.zeros(units, dtype=np.int64)
-            k_in[act] = split[:, 2 * i]
-            k_all[act] = split[:, 2 * i] + split[:, 2 * i + 1]
-            k_in[win] = from_in[:, i]
-            k_all[win] = from_in[:, i] + from_after[:, i]
-            k_all[beyond] = from_beyond[:, i]
-            nin[kid], nf[kid], law[kid] = k_in, k_all, a
+            k_in[act] = act_kids[:, 2 * i]
+            k_all[act] = act_kids[:, 2 * i] + act_kids[:, 2 * i + 1]
+            k_in[win] = from_in
+            k_all[win] = from_in + _poisson(rng, lam[i] * stay[:, i])
+            k_all[beyond] = _poisson(rng, np.full(beyond.size, lam[i]))
+            nin[kid] = k_in
+            if kid in _KIDS or kid == _LC:
+                nf[kid] = k_all
+            if parent in (_SENT, _ECL, _PV):
+                l_in = np.zeros(units)
+                l_in[win] = lam[i] * (1.0 - stay[:, i])
+                lam_in[kid] = l_in
+
+    def split_count(kinds: tuple[int, ...], idx: np.ndarray) -> None:
+        """Units idx whose children of these types inside the window are Poisson (means lam_in),
+        independent of the rest: branch on 'at least one inside' (zero-truncated total, then
+        the types)."""
+        lam_k = np.stack([lam_in.at(kind, idx) for kind in kinds], axis=1)
+        after = np.stack([nf.at(kind, idx) - nin.at(kind, idx) for kind in kinds], axis=1)
+        total = lam_k.sum(axis=1)
+        yes, yes_pos, no, no_pos = branch(idx, -np.expm1(-total))
+        n_in = _poisson(rng, total[yes_pos], at_least_one=True, u=unif(yes))
+        if len(kinds) == 1:
+            counts = n_in[:, None]
+        else:
+            owner = np.repeat(np.arange(yes.size), n_in)
+            cum = np.cumsum(lam_k[yes_pos], axis=1)[:, :-1] / total[yes_pos, None]
+            cat = (rng.random(owner.size)[:, None] > cum[owner]).sum(axis=1)
+            counts = np.bincount(owner * len(kinds) + cat, minlength=yes.size * len(kinds))
+            counts = counts.reshape(yes.size, len(kinds))
+        for i, kind in enumerate(kinds):
+            nin[kind][yes] = counts[:, i]
+            nf[kind][yes] = counts[:, i] + after[yes_pos, i]
+            nin[kind][no] = 0
+            nf[kind][no] = after[no_pos, i]
+            lam_in[kind][np.concatenate([yes, no])] = 0.0
 
     # advertising: impressions, clicks after an anchor impression
-    base(_IMP)
-    step(_IMP)
-    # email chain: sends, opens after an anchor send, clicks after an anchor open
-    base(_SENT)
-    step(_SENT)
-    step(_OPEN)
-    # page views: children of an anchor click if the user has any click at all, else the base process
-    step(_ECL)
-    on_base = np.flatnonzero(past.count[_ECL][lo:hi][local] + nf[_ECL] == 0)
+    step(_IMP, split=False)
+    # email chain: sends, opens after an anchor send (some inside the window or none, where a
+    # click may follow), clicks after an anchor open
+    step(_SENT, split=True)
+    opens = np.flatnonzero(lam_in[_OPEN] > 0)
+    split_count((_OPEN,), opens[~no_click[local[opens]]])
+    step(_OPEN, split=True)
+    # clicks from a future anchor open: some or none (the only outcome where no click can exist)
+    fut = np.flatnonzero(anchor_t[_OPEN] > c)
+    lam = _RATE[_ECL] * weeks
+    forced = fut[no_click[local[fut]]]
+    nin[_ECL][forced] = 0
+    nf[_ECL][forced] = 0
+    log_w[forced] -= lam
+    both = fut[~no_click[local[fut]]]
+    a = anchor_t[_OPEN][both]
+    p_in = np.where(np.isfinite(a), -np.expm1(-(w_end - np.minimum(a, w_end)) / _LAG[_ECL]), 0.0)
+    yes, yes_pos, no, _ = branch(both, np.full(both.size, -math.expm1(-lam)))
+    total = _poisson(rng, np.full(yes.size, lam), at_least_one=True, u=unif(yes))
+    nin[_ECL][yes] = rng.binomial(total, p_in[yes_pos])
+    nf[_ECL][yes] = total
+    nin[_ECL][no] = 0
+    nf[_ECL][no] = 0
+    # page views: children of an anchor click if the user has any click at all, else the base
+    # process; inside the window some or none, as two branches
+    step(_ECL, split=True)
+    on_base = np.flatnonzero(past.count[_ECL][ranks[local]] + nf[_ECL] == 0)
     mu = _RATE[_PV] * weeks / end
-    base_in = _poisson_flat(rng, mu * (w_end - c), on_base.size)
-    nin[_PV][on_base] = base_in
-    nf[_PV][on_base] = base_in + _poisson_flat(rng, mu * (end - w_end), on_base.size)
-    log_w[on_base] += -mu * c + past.count[_PV][lo:hi][local[on_base]] * math.log(mu)
-    # page view children, purchases after an anchor product view, interactions after an anchor display
-    step(_PV)
-    step(_PRV)
-    step(_DSP)
+    log_w[on_base] += -mu * c + past.count[_PV][ranks[local[on_base]]] * math.log(mu)
+    nin[_PV][on_base] = 0
+    nf[_PV][on_base] = _poisson_flat(rng, mu * (end - w_end), on_base.size)
+    lam_in[_PV][on_base] = mu * (w_end - c)
+    split_count((_PV,), np.flatnonzero(lam_in[_PV] > 0))
+    # page view children (some inside or none, where a click came first), purchases after an
+    # anchor product view, interactions after an anchor display
+    step(_PV, split=True)
+    kids = np.flatnonzero(lam_in[_LC] > 0)
+    split_count((_LC, _PRV, _DSP), kids[nin.at(_ECL, kids) > 0])
+    step(_PRV, split=True)
+    step(_DSP, split=True)
 
     eligible = nin[_PV] + nin[_LC] + nin[_PRV] + nin[_PUR] + nin[_DSP] + nin[_INT] + nin[_DIS]
     rel = np.flatnonzero(eligible)
     sum_log = np.zeros(units)
     if rel.size:
         for kind in (_IMP, _SENT):
-            # in-window count of a base type drawn only in total: the anchor (if a future one
-            # inside) plus each other future event independently inside
-            fixed = anchor_in[kind][rel].astype(np.int64)
+            # in-window count of a base type drawn only in total: the anchor if a future one
+            # inside, plus each other future event (not an anchor after the window) inside
+            fixed = anchor_in.at(kind, rel).astype(np.int64)
+            other = nf.at(kind, rel) - fixed - (anchor_t.at(kind, rel) == np.inf)
             nin[kind] = np.zeros(units, dtype=np.int64)
-            nin[kind][rel] = fixed + _thin(rng, np.maximum(nf[kind][rel] - fixed, 0), base_share)
+            nin[kind][rel] = fixed + _thin(rng, np.maximum(other, 0), base_share)
         unit_parts, time_parts, code_parts = [], [], []
         for kind in (_IMP, _ACL, _SENT, _OPEN, _ECL, _PV, _LC, _PRV, _PUR, _DSP, _INT, _DIS):
-            k = nin[kind][rel]
+            k = nin.at(kind, rel)
             rows = np.repeat(np.arange(rel.size), k)
             if rows.size == 0:
                 continue
-            times = sample_times(kind, rel[rows])
+            times = sample_times(kind, rel[rows], rng.random(rows.size))
             if kind in anchor_in:
-                has_anchor = anchor_in[kind][rel] & (k > 0)
-                times[(np.cumsum(k) - k)[has_anchor]] = anchor_t[kind][rel[has_anchor]]
+                has_anchor = anchor_in.at(kind, rel) & (k > 0)
+                times[(np.cumsum(k) - k)[has_anchor]] = anchor_t.at(kind, rel[has_anchor])
             unit_parts.append(rows)
             time_parts.append(times)
             code_parts.append(np.full(rows.size, kind, dtype=np.int8))
         r = np.concatenate(unit_parts)
         t = np.concatenate(time_parts)
         k = np.concatenate(code_parts)
-        t_key = np.round((t - c) * _US_PER_HOUR).astype(np.int64)
-        order = _argsort_pairs(r, t_key, int((w_end - c) * _US_PER_HOUR) + 2)
+        t_key = ((t - c) * _US_PER_HOUR).astype(np.int64)
+        # stable: the events come in runs ordered by unit, and ties keep parents before children
+        order = np.argsort(r * (int((w_end - c) * _US_PER_HOUR) + 2) + t_key, kind="stable")
         r, k = r[order], k[order]
         first = np.r_[True, r[1:] != r[:-1]]
-        x = _walk(first, past.level[lo + local[rel[r]]], _DELTA[k])
+        x = _walk(first, past.level[ranks[local[rel[r]]]], _DELTA[k])
         d = _DRAWS[k]
         sum_log[rel] = np.bincount(r[d], weights=np.log1p(-x[d] / _P1), minlength=rel.size)
-    prob = -np.expm1(np.repeat(past.pending_log[lo:hi], draws) + sum_log)
+    prob = -np.expm1(past.pending_log[ranks[local]] + sum_log)
 
-    log_w = log_w.reshape(na, draws)
-    prob = prob.reshape(na, draws)
-    top = log_w.max(axis=1, keepdims=True)
+    # per draw, the sums over its branches of weights and weighted probabilities; per user, their
+    # ratio over the draws (its bias, O(1/draws) in general, is below 0.1% of the mean here: the
+    # branch weights sum to one and the remaining weights vary little)
+    top = np.full(na, -np.inf)
+    np.maximum.at(top, local, log_w)
     with np.errstate(invalid="ignore"):
-        w = np.exp(log_w - top)
-    w[~np.isfinite(top[:, 0])] = 1.0
-    sw = w.sum(axis=1)
-    est = (w * prob).sum(axis=1) / sw
-    if draws < 2:
-        return est
-    # the ratio of weighted sums is biased by O(1/draws) (about -2% of the mean at 32 draws);
-    # the delete-one jackknife takes that to O(1/draws^2)
-    swp = est * sw
-    rest = sw[:, None] - w
-    with np.errstate(invalid="ignore", divide="ignore"):
-        loo = (swp[:, None] - w * prob) / rest
-    ok = (rest > 1e-9 * sw[:, None]).all(axis=1)
-    jack = draws * est - (draws - 1) * np.where(ok[:, None], loo, 0.0).mean(axis=1)
-    return np.where(ok, np.clip(jack, 0.0, 1.0), est)
+        wu = np.exp(log_w - top[local])
+    wu[~np.isfinite(top[local])] = 1.0
+    return np.bincount(local, weights=wu * prob, minlength=na) / np.bincount(local, weights=wu, minlength=na)
 
 
 # --- identities and frames ----------------------------------------------------------------------
