@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import tempfile
 from pathlib import Path
 
 import pytest
+from moto.server import ThreadedMotoServer
 
 # Before any project import: everything the tests write goes to a throwaway home that the
 # unprivileged PostgreSQL user can traverse (pytest's own tmp folders are private to root).
@@ -28,6 +30,18 @@ from aep_assets.resources.tracking import MlflowTracking  # noqa: E402
 @pytest.fixture(scope="session")
 def session_home() -> Path:
     return _SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> str:
+    """moto's S3 as a real HTTP server on 127.0.0.1 (boto3 and dagster-aws talk to it as to AWS)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
 
 
 @pytest.fixture(scope="session")

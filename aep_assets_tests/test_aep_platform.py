@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import os
-import socket
 from datetime import datetime, timedelta, timezone
 
 import boto3
@@ -422,19 +421,6 @@ def test_ensure_table_and_replace_slice(aep, fake):
 
 
 # --- export through a Flow Service dataflow -----------------------------------------------------------
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 def test_export_runs_the_dataflow_and_writes_a_manifest(fake, sleeps, moto_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

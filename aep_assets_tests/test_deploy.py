@@ -16,7 +16,6 @@
 import importlib.util
 import json
 import secrets
-import socket
 from pathlib import Path
 
 import boto3
@@ -29,7 +28,6 @@ from dagster._config.validate import validate_config, validate_config_from_snap
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.workspace.config_schema import ensure_workspace_config
 from dagster._serdes import deserialize_value
-from moto.server import ThreadedMotoServer
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -165,18 +163,7 @@ def test_the_environment_files_configure_aep_mode(monkeypatch):
     assert resources["mlflow_tracking"].tracking_uri.startswith("http")
 
 
-@pytest.fixture
-def moto_s3():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-def test_an_instance_from_the_production_file_runs_on_postgresql(embedded_server, moto_s3, tmp_path, monkeypatch):
+def test_an_instance_from_the_production_file_runs_on_postgresql(embedded_server, moto_endpoint, tmp_path, monkeypatch):
     """deploy/dagster.yaml as it is, but for what this machine lacks: the run launcher is Dagster's
     default (no cluster to launch Kubernetes Jobs in; it cannot resume runs, so run monitoring does not
     try to), the embedded server has no TLS (sslmode=disable), and compute logs go to moto's S3 server
@@ -189,14 +176,14 @@ def test_an_instance_from_the_production_file_runs_on_postgresql(embedded_server
                         "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
                         "AWS_SECRET_ACCESS_KEY": "testing"}.items():
         monkeypatch.setenv(name, value)
-    s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket="dagster-logs")
 
     config = load_yaml("dagster.yaml")
     config["run_launcher"] = {"module": "dagster", "class": "DefaultRunLauncher"}
     config["run_monitoring"]["max_resume_run_attempts"] = 0
     config["storage"]["postgres"]["postgres_db"]["params"]["sslmode"] = "disable"
-    config["compute_logs"]["config"]["endpoint_url"] = moto_s3
+    config["compute_logs"]["config"]["endpoint_url"] = moto_endpoint
     config["compute_logs"]["config"]["local_dir"] = str(tmp_path / "compute-logs")
     home = tmp_path / "dagster_home"
     home.mkdir()

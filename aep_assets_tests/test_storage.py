@@ -1,23 +1,10 @@
 """Storage on a local folder and on S3 through moto's real HTTP server: complete writes only."""
 
-import socket
 
 import pyarrow as pa
 import pytest
-from moto.server import ThreadedMotoServer
 
 from aep_assets.resources.storage import LocalStorage, S3Storage, StorageError
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture(params=["local", "s3"])
