@@ -122,8 +122,9 @@ class TreeMemorySampler(threading.Thread):
         rss = pss = python_pss = 0
         cpu = 0.0
         seen = set()
+        processes = self._processes()  # first: it finds the postmaster
         server = self._server_pids()
-        for process in self._processes():
+        for process in processes:
             if process.pid in seen:
                 continue
             seen.add(process.pid)
@@ -320,7 +321,7 @@ def probe_generation(profile_files: list[Path], event_files: list[Path], scratch
     scratch.mkdir(parents=True, exist_ok=True)
     for variant, dictionary in (("plain", False), ("dictionary", True)):
         build_s = write_s = 0.0
-        for index, (profile_file, event_file) in enumerate(zip(profile_files, event_files)):
+        for index, (profile_file, event_file) in enumerate(zip(profile_files, event_files, strict=True)):
             n_profiles = pq.ParquetFile(profile_file).metadata.num_rows
             n_events = pq.ParquetFile(event_file).metadata.num_rows
             started = time.perf_counter()
