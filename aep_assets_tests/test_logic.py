@@ -112,11 +112,11 @@ def test_deciles_rank_within_the_run():
 def test_split_is_by_profile_and_stable():
     import polars as pl
 
-    from aep_assets.lib.modeling import is_test_profile
+    from aep_assets.lib.holdout import is_held_out
 
     ids = pl.Series([f"{i:038d}" for i in range(20_000)])
-    test = is_test_profile(ids, 0.25)
+    test = is_held_out(ids, 0.25)
     assert 0.23 < test.mean() < 0.27
     shuffled = ids.sample(fraction=1.0, shuffle=True, seed=3)
-    again = dict(zip(shuffled.to_list(), is_test_profile(shuffled, 0.25), strict=True))
+    again = dict(zip(shuffled.to_list(), is_held_out(shuffled, 0.25), strict=True))
     assert all(again[i] == t for i, t in zip(ids.to_list(), test, strict=True))

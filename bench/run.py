@@ -374,10 +374,9 @@ def probe_export(platform, table: str, scratch: Path) -> dict:
 def probe_training(storage, platform, trials: list[dict]) -> dict:
     """One fit of the chosen hyperparameters on the same training rows, data already in memory."""
     import polars as pl
-    from sklearn.model_selection import train_test_split
 
     from aep_assets.defs.features import TRAINING_DATASET
-    from aep_assets.lib import modeling
+    from aep_assets.lib import holdout, modeling
     from aep_assets.lib.features import ID_COLUMN, LABEL_COLUMN, feature_columns
     from aep_assets.resources.platform import export_parent
 
@@ -388,11 +387,8 @@ def probe_training(storage, platform, trials: list[dict]) -> dict:
     names = feature_columns(frame.columns)
     x = modeling.matrix(frame, names)
     y = frame[LABEL_COLUMN].to_numpy().astype(np.int8)
-    if hasattr(modeling, "is_test_profile"):  # the product's split (by profile id hash)
-        test = modeling.is_test_profile(frame[ID_COLUMN], 0.25)
-        x_train, y_train = x[~test], y[~test]
-    else:
-        x_train, _, y_train, _ = train_test_split(x, y, test_size=0.25, stratify=y, random_state=42)
+    test = holdout.is_held_out(frame[ID_COLUMN])  # the product's split (by profile id hash)
+    x_train, y_train = x[~test], y[~test]
     best = max(trials, key=lambda t: t["validation_auc"])["params"] if trials else {}
     estimator = modeling.build_estimator("hist_gradient_boosting", best, 42)
     with timed(parts, "fit_s"):

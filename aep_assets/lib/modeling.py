@@ -35,6 +35,7 @@ from sklearn.preprocessing import StandardScaler
 
 from aep_assets.lib import plots
 from aep_assets.lib.features import ID_COLUMN, LABEL_COLUMN, feature_columns
+from aep_assets.lib.holdout import HOLDOUT_FRACTION, is_held_out
 
 Algorithm = Literal["hist_gradient_boosting", "random_forest", "logistic_regression"]
 
@@ -55,7 +56,7 @@ SEARCH_ROWS = 250_000
 class TrainingSettings:
     algorithm: Algorithm = "hist_gradient_boosting"
     seed: int = 42
-    test_fraction: float = 0.25
+    test_fraction: float = HOLDOUT_FRACTION
     max_trials: int = 4
     time_budget_s: float = 120.0
 
@@ -124,13 +125,6 @@ def build_estimator(algorithm: Algorithm, params: dict, seed: int):
                          StandardScaler(), LogisticRegression(max_iter=1000, **params))
 
 
-def is_test_profile(ids: pl.Series, test_fraction: float) -> np.ndarray:
-    """A profile's side of the split depends on its id only, so it stays on that side in every
-    retraining: a champion is never evaluated on rows it was trained on. The hash spreads labels
-    evenly, so the split is stratified in expectation (polars' hash is stable for the locked version)."""
-    return (ids.hash(seed=20260101).to_numpy() % 1_000_000) < test_fraction * 1_000_000
-
-
 def train(frame: pl.DataFrame, settings: TrainingSettings) -> TrainedModel:
     """Split by profile id, bounded random search on a validation split, refit on all training rows."""
     frame = frame.sort(ID_COLUMN)  # export files come in any row order; the result must not
@@ -139,7 +133,7 @@ def train(frame: pl.DataFrame, settings: TrainingSettings) -> TrainedModel:
     if len(np.unique(labels)) < 2:
         raise ValueError(f"the training table has a single label value ({labels[:1]}): nothing to learn")
     x = matrix(frame, features)
-    test = is_test_profile(frame[ID_COLUMN], settings.test_fraction)
+    test = is_held_out(frame[ID_COLUMN], settings.test_fraction)
     x_train, x_test, y_train, y_test = x[~test], x[test], labels[~test], labels[test]
     ids_test = frame[ID_COLUMN].to_numpy()[test]
     if len(np.unique(y_test)) < 2 or len(np.unique(y_train)) < 2:
