@@ -5,9 +5,10 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from aep_assets.lib import features, synthetic
+from aep_assets.lib import eda, features, synthetic
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES
 from aep_assets.lib.source_files import write_parquet
+from aep_assets.lib.sql import Identifier
 
 END = datetime(2026, 3, 30, tzinfo=timezone.utc)
 WINDOW = features.Window.before_end(END)
@@ -112,3 +113,24 @@ def test_scoring_features_use_the_same_definitions(platform, tmp_path, generated
     for column in features.feature_columns(training.columns):
         a, b = joined[column].cast(pl.Float64), joined[f"{column}_scoring"].cast(pl.Float64)
         assert ((a - b).abs().fill_null(0) < 1e-6).all() and (a.is_null() == b.is_null()).all(), column
+
+
+def test_eda_funnel_and_cooccurrence_match_the_events(platform, tmp_path, generated):
+    land(platform, tmp_path, generated)
+    types = sorted(EXPERIENCE_EVENTS.allowed_values["event_type"])
+    render = lambda name, **p: platform.query(platform.render(name, events=Identifier(EXPERIENCE_EVENTS.name), **p))  # noqa: E731
+    weekly = pl.from_arrow(render("eda_weekly_events"))
+    combinations = pl.from_arrow(render("eda_type_combinations", type_bit=eda.type_bit(types)))
+    pairs = eda.cooccurrence(combinations, types)
+    funnel = eda.funnel(weekly, pairs, types)
+
+    events = generated.events
+    want = events.group_by("event_type").agg(pl.len().alias("events"), pl.col("userid").n_unique().alias("users"))
+    got = funnel.join(want, on="event_type", suffix="_want")
+    assert got.height == want.height == funnel.height
+    assert (got["events"] == got["events_want"]).all() and (got["users"] == got["users_want"]).all()
+    per_user = events.select("userid", "event_type").unique()
+    for a, b in [("directMarketing.emailSent", "directMarketing.emailOpened"),
+                 ("web.webpagedetails.pageViews", "commerce.productViews"), (types[0], types[-1])]:
+        both = per_user.filter(pl.col("event_type") == a).join(per_user.filter(pl.col("event_type") == b), on="userid")
+        assert pairs[types.index(a), types.index(b)] == pairs[types.index(b), types.index(a)] == both.height, (a, b)

@@ -9,7 +9,7 @@ import polars as pl
 from pydantic import Field
 
 from aep_assets.defs.metadata import OWNERS, image, preview, table
-from aep_assets.lib import features, plots
+from aep_assets.lib import eda, features, plots
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES
 from aep_assets.lib.sql import Fragment, Identifier
 from aep_assets.resources.platform import Platform
@@ -91,17 +91,18 @@ def training_features(context: dg.AssetExecutionContext, config: TrainingWindowC
                       "and each feature's correlation with the label.")
 def eda_summary(context: dg.AssetExecutionContext, platform: Platform) -> dg.MaterializeResult:
     events = Identifier(platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name).table)
-    funnel = pl.from_arrow(platform.query(platform.render("eda_event_types", events=events)))
-    pairs = pl.from_arrow(platform.query(platform.render("eda_cooccurrence", events=events)))
+    known_types = sorted(EXPERIENCE_EVENTS.allowed_values["event_type"])
     weekly = pl.from_arrow(platform.query(platform.render("eda_weekly_events", events=events)))
+    combinations = pl.from_arrow(platform.query(platform.render(
+        "eda_type_combinations", events=events, type_bit=eda.type_bit(known_types))))
     training = platform.find_dataset_or_fail(TRAINING_DATASET)
     sample = pl.from_arrow(platform.query(platform.render("training_sample", table=Identifier(training.table))))
 
+    all_pairs = eda.cooccurrence(combinations, known_types)
+    funnel = eda.funnel(weekly, all_pairs, known_types)
     types = funnel["event_type"].to_list()
-    index = {name: i for i, name in enumerate(types)}
-    users = np.zeros((len(types), len(types)))
-    for a, b, count in pairs.iter_rows():  # at most 13 x 13 pairs
-        users[index[a], index[b]] = users[index[b], index[a]] = count
+    order = [known_types.index(t) for t in types]
+    users = all_pairs[np.ix_(order, order)]
     share = users / np.maximum(np.diag(users)[:, None], 1)
     correlations = feature_label_correlations(sample)
     total = weekly.group_by("week").agg(pl.col("events").sum()).sort("week")
