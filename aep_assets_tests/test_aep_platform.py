@@ -406,14 +406,16 @@ def test_failed_query_errors_are_surfaced(aep, fake):
         aep.create_table_as("cmle_bad", "SELECT * FROM no_such_table")
 
 
-def test_ensure_table_and_replace_slice(aep, fake):
+def test_ensure_table_and_replace_slices(aep, fake):
     shape = "SELECT 'x' AS userid, 1.0 AS score, 'k' AS profile_batch"
     table = aep.ensure_table("cmle_scoring", shape)
     row = "SELECT '{}' AS userid, {} AS score, '{}' AS profile_batch"
-    assert aep.replace_slice(table, "profile_batch", "b1", row.format("u1", 0.5, "b1")) == 1
-    assert aep.replace_slice(table, "profile_batch", "b2", row.format("u2", 0.7, "b2")) == 1
-    assert aep.replace_slice(table, "profile_batch", "b1",
-                             row.format("u3", 0.9, "b1") + " UNION ALL SELECT 'u4', 0.1, 'b1'") == 2
+    two = row.format("u1", 0.5, "b1") + " UNION ALL " + row.format("u2", 0.7, "b2")
+    assert aep.replace_slices(table, "profile_batch", ["b1", "b2"], two) == {"b1": 1, "b2": 1}
+    batches_before = len(fake.calls("POST", r"/queries$"))
+    assert aep.replace_slices(table, "profile_batch", ["b1"],
+                              row.format("u3", 0.9, "b1") + " UNION ALL SELECT 'u4', 0.1, 'b1'") == {"b1": 2}
+    assert len(fake.calls("POST", r"/queries$")) == batches_before + 1  # one INSERT: b2's batch untouched
     rows = aep.query("SELECT userid, profile_batch FROM cmle_scoring ORDER BY userid").to_pylist()
     assert rows == [{"userid": "u2", "profile_batch": "b2"}, {"userid": "u3", "profile_batch": "b1"},
                     {"userid": "u4", "profile_batch": "b1"}]

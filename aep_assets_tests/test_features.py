@@ -105,7 +105,7 @@ def test_events_at_or_after_the_cutoff_never_change_features(platform, tmp_path,
 def test_scoring_features_use_the_same_definitions(platform, tmp_path, generated):
     land(platform, tmp_path, generated)
     batch = platform.completed_batches(platform.find_dataset(PROFILES.name))[0].id
-    text = features.scoring_sql("postgres", EXPERIENCE_EVENTS.name, PROFILES.name, WINDOW.cutoff, batch)
+    text = features.scoring_sql("postgres", EXPERIENCE_EVENTS.name, PROFILES.name, WINDOW.cutoff, [batch])
     scoring = pl.from_arrow(platform.query(text + " ORDER BY userid")).drop("profile_batch")
     training = sql_features(platform, WINDOW).drop("label")
     joined = training.join(scoring, on="userid", suffix="_scoring")

@@ -136,6 +136,22 @@ def test_create_table_as_replaces_and_keeps_the_dataset(platform):
     assert count["n"][0].as_py() == 1
 
 
+def test_replace_slices_swaps_only_the_given_keys_in_one_transaction(platform):
+    row = "SELECT '{}' AS userid, {} AS score, '{}' AS profile_batch"
+    union = " UNION ALL ".join
+    table = platform.ensure_table("cmle_slices", row.format("x", 1.0, "k"))
+    first = union([row.format("u1", 0.5, "b1"), row.format("u2", 0.7, "b2")])
+    assert platform.replace_slices(table, "profile_batch", ["b1", "b2"], first) == {"b1": 1, "b2": 1}
+    second = union([row.format("u3", 0.9, "b1"), row.format("u4", 0.1, "b1")])
+    assert platform.replace_slices(table, "profile_batch", ["b1", "b3"], second) == {"b1": 2, "b3": 0}
+    with pytest.raises(ValueError, match="not one of"):  # a row of another key: nothing changes
+        platform.replace_slices(table, "profile_batch", ["b1"], union([row.format("u5", 0.2, "b1"),
+                                                                       row.format("u6", 0.2, "b2")]))
+    rows = platform.query('SELECT userid, profile_batch FROM "cmle_slices" ORDER BY userid').to_pylist()
+    assert rows == [{"userid": "u2", "profile_batch": "b2"}, {"userid": "u3", "profile_batch": "b1"},
+                    {"userid": "u4", "profile_batch": "b1"}]
+
+
 def test_the_same_batch_requested_twice_at_once_lands_once(platform, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

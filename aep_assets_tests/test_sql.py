@@ -25,7 +25,7 @@ def test_minutes_between_is_expanded_per_dialect():
 def test_every_statement_parses_as_spark(name):
     text = {
         "training": lambda: features.training_sql("spark", "ev", "pr", WINDOW),
-        "scoring": lambda: features.scoring_sql("spark", "ev", "pr", CUTOFF, "0190abcdef0123"),
+        "scoring": lambda: features.scoring_sql("spark", "ev", "pr", CUTOFF, ["0190abcdef0123", "0190abcdef0124"]),
         "members": lambda: audiences.members_sql("spark", "scores", 0.2, 0.93),
         "propensities": lambda: audiences.latest_propensities_sql("spark", "scores"),
         "sizes": lambda: audiences.sizes_sql("spark", "scores", [(0.0, 0.2), (0.2, 0.93)]),

@@ -1,2 +1,2 @@
--- Profiles in the profile dataset, optionally of one batch.
-SELECT COUNT(*) AS profiles FROM $profiles WHERE $profile_filter
+-- Profiles in the profile dataset.
+SELECT COUNT(*) AS profiles FROM $profiles

@@ -1,5 +1,3 @@
--- Current features for the profiles of one profile batch, with the same definitions as training.
-SELECT
-    f.*,
-    $profile_batch AS profile_batch
+-- Current features for the profiles of some profile batches, with the same definitions as training.
+SELECT f.*
 FROM ($user_features) AS f

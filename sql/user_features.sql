@@ -2,8 +2,10 @@
 -- The reference's 7 counts and 7 "minutes since last" recencies (its propositionDismiss recency fixed
 -- to the full decisioning.* type), plus counts and recencies of the 5 other event types that move a
 -- user's propensity, and two activity windows. Profiles with no events get zero counts, null recencies.
+-- profile_batch is the platform batch the profile row came from (Query Service's _acp_batchid).
 SELECT
     p.userid,
+    p._acp_batchid AS profile_batch,
     SUM(CASE WHEN e.event_type = 'directMarketing.emailSent' THEN 1 ELSE 0 END) AS emails_received,
     SUM(CASE WHEN e.event_type = 'directMarketing.emailOpened' THEN 1 ELSE 0 END) AS emails_opened,
     SUM(CASE WHEN e.event_type = 'directMarketing.emailClicked' THEN 1 ELSE 0 END) AS emails_clicked,
@@ -34,4 +36,4 @@ FROM $profiles AS p
 LEFT JOIN $events AS e
     ON e.userid = p.userid AND e.timestamp < $as_of
 WHERE $profile_filter
-GROUP BY p.userid
+GROUP BY p.userid, p._acp_batchid

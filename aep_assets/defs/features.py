@@ -11,7 +11,7 @@ from pydantic import Field
 from aep_assets.defs.metadata import OWNERS, image, preview, table
 from aep_assets.lib import eda, features, plots
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES
-from aep_assets.lib.sql import Fragment, Identifier
+from aep_assets.lib.sql import Identifier
 from aep_assets.resources.platform import Platform
 from aep_assets.resources.storage import Storage
 
@@ -63,8 +63,8 @@ def training_features(context: dg.AssetExecutionContext, config: TrainingWindowC
     seconds = time.monotonic() - started
     counts = platform.query(platform.render("label_rate", table=Identifier(dataset.table)))
     rows, positives = counts["profiles"][0].as_py(), counts["positives"][0].as_py() or 0
-    all_profiles = platform.query(platform.render("profile_count", profiles=Identifier(profiles.table),
-                                                  profile_filter=Fragment("TRUE")))["profiles"][0].as_py()
+    all_profiles = platform.query(platform.render("profile_count", profiles=Identifier(profiles.table)))[
+        "profiles"][0].as_py()
     converted_before = platform.query(platform.render(
         "converted_before", events=Identifier(events.table), cutoff=window.cutoff))["users"][0].as_py()
     label_rate = positives / rows if rows else 0.0

@@ -43,17 +43,14 @@ def scoring_features(context: dg.AssetExecutionContext, platform: Platform):
     profiles = platform.find_dataset_or_fail(PROFILES.name)
     as_of = datetime.now(timezone.utc).replace(microsecond=0)
     keys = context.partition_keys
-    dataset, counts = None, {}
-    for key in keys:
-        text = features.scoring_sql(platform.dialect, events.table, profiles.table, as_of, key)
-        dataset = dataset or platform.ensure_table(SCORING_DATASET, text)
-        started = time.monotonic()
-        rows = platform.replace_slice(dataset, "profile_batch", key, text)
-        expected = platform.query(platform.render(
-            "profile_count", profiles=Identifier(profiles.table),
-            profile_filter=features.batch_filter(key, alias="")))["profiles"][0].as_py()
-        counts[key] = {"feature_rows": rows, "profiles": expected}
-        context.log.info(f"batch {key}: {rows} feature rows in {time.monotonic() - started:.2f} s")
+    text = features.scoring_sql(platform.dialect, events.table, profiles.table, as_of, keys)
+    dataset = platform.ensure_table(SCORING_DATASET, text)
+    started = time.monotonic()
+    rows = platform.replace_slices(dataset, "profile_batch", keys, text)
+    context.log.info(f"{sum(rows.values())} feature rows for {len(keys)} batch(es) "
+                     f"in {time.monotonic() - started:.2f} s")
+    expected = profiles_per_batch(platform, profiles.table, keys)
+    counts = {key: {"feature_rows": rows[key], "profiles": expected[key]} for key in keys}
     mismatched = [k for k, c in counts.items() if c["feature_rows"] != c["profiles"] or c["profiles"] == 0]
     yield dg.MaterializeResult(metadata={"dataset": SCORING_DATASET, "as_of": as_of.isoformat(),
                                          "dagster/row_count": sum(c["feature_rows"] for c in counts.values()),
@@ -92,6 +89,7 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
     profiles = platform.find_dataset_or_fail(PROFILES.name)
     scored_at = datetime.now(timezone.utc).replace(microsecond=0)
     summaries, all_scores, invalid, drift = [], [], {}, {}
+    profiles_in_batch = profiles_per_batch(platform, profiles.table, context.partition_keys)
     for key in context.partition_keys:
         frame = pl.from_arrow(platform.query(platform.render(
             "scoring_features_of_batch", table=Identifier(feature_table.table), profile_batch=key)))
@@ -106,10 +104,7 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
             "scored_at": pa.repeat(pa.scalar(scored_at, pa.timestamp("us", "UTC")), frame.height),
             "profile_batch": pa.repeat(pa.scalar(key), frame.height).cast(pa.string()),
         })
-        profiles_in_batch = platform.query(platform.render(
-            "profile_count", profiles=Identifier(profiles.table),
-            profile_filter=features.batch_filter(key, alias="")))["profiles"][0].as_py()
-        problems = modeling.score_problems(scores, profiles_in_batch)
+        problems = modeling.score_problems(scores, profiles_in_batch[key])
         if problems:  # never written, so the ingestion downstream cannot pick them up
             invalid[key] = problems
             continue
@@ -149,6 +144,14 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
         description=(f"PSI above {PSI_WARNING} for {drifted}" if drifted else
                      f"PSI vs the previous scoring: {drift}" if drift else "first scoring of these batches"),
         metadata={"psi": dg.MetadataValue.json(drift)})
+
+
+def profiles_per_batch(platform: Platform, profiles_table: str, keys: list[str]) -> dict[str, int]:
+    """How many profiles each of these batches of the profile dataset holds (0 for an unknown batch)."""
+    counted = platform.query(platform.render("profiles_per_batch", profiles=Identifier(profiles_table),
+                                             profile_batches=list(keys)))
+    found = dict(zip(counted["profile_batch"].to_pylist(), counted["profiles"].to_pylist(), strict=True))
+    return {key: int(found.get(key, 0)) for key in keys}
 
 
 def _previous_scores(storage: Storage, parent: str) -> np.ndarray | None:

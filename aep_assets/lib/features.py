@@ -1,7 +1,7 @@
 """Feature and label definitions shared by training and scoring: one source, so no serving skew.
 
 Both use `sql/user_features.sql`; training adds the point-in-time label, scoring restricts the
-profiles to one profile batch and computes features as of now.
+profiles to some profile batches and computes features as of now.
 """
 
 from __future__ import annotations
@@ -48,19 +48,13 @@ def training_sql(dialect: sql.Dialect, events: str, profiles: str, window: Windo
     return sql.transpile(text, dialect)
 
 
-def scoring_sql(dialect: sql.Dialect, events: str, profiles: str, as_of: datetime, profile_batch: str) -> str:
-    """Features of the profiles of one profile batch, as of `as_of`."""
-    profile_filter = batch_filter(profile_batch)
+def scoring_sql(dialect: sql.Dialect, events: str, profiles: str, as_of: datetime,
+                profile_batches: Sequence[str]) -> str:
+    """Features as of `as_of` of the profiles of some profile batches, one statement for all of them."""
+    profile_filter = Fragment(sql.substitute("p._acp_batchid IN $batches", batches=list(profile_batches)))
     text = sql.substitute(sql.load("scoring_features"),
-                          user_features=_user_features(events, profiles, as_of, profile_filter),
-                          profile_batch=profile_batch)
+                          user_features=_user_features(events, profiles, as_of, profile_filter))
     return sql.transpile(text, dialect)
-
-
-def batch_filter(profile_batch: str, alias: str = "p") -> Fragment:
-    """SQL condition selecting the profiles of one platform batch (Query Service's _acp_batchid)."""
-    column = f"{alias}._acp_batchid" if alias else "_acp_batchid"
-    return Fragment(sql.substitute(f"{column} = $batch", batch=profile_batch))
 
 
 def feature_columns(columns: Sequence[str]) -> list[str]:

@@ -447,7 +447,13 @@ class AEPPlatform(Platform):
         return self.find_dataset(name) or self.create_table_as(
             name, f"SELECT * FROM ({like_select}) AS shape WHERE FALSE")
 
-    def replace_slice(self, dataset: Dataset, key_column: str, key: str, select: str) -> int:
+    def replace_slices(self, dataset: Dataset, key_column: str, keys: Sequence[str], select: str) -> dict[str, int]:
+        """One INSERT (one batch) per key, so that each key's rows can later be reverted on their own."""
+        column = names.identifier(key_column, "column")
+        return {key: self._replace_slice(dataset, key_column, key, f"SELECT * FROM ({select}) AS slices "
+                                         f"WHERE {column} = {sql.literal(key)}") for key in keys}
+
+    def _replace_slice(self, dataset: Dataset, key_column: str, key: str, select: str) -> int:
         """INSERT the new rows (one new batch), then revert the batches that held the old rows of this key.
         Not atomic: until the revert is processed, readers can see both."""
         target = names.identifier(dataset.table, "table")

@@ -103,8 +103,9 @@ class Platform(dg.ConfigurableResource, ABC):
         """CTAS registered as a dataset; re-running replaces the table and keeps the dataset."""
 
     @abstractmethod
-    def replace_slice(self, dataset: Dataset, key_column: str, key: str, select: str) -> int:
-        """Replace the rows of `dataset` whose `key_column = key` by the result of `select`, atomically."""
+    def replace_slices(self, dataset: Dataset, key_column: str, keys: Sequence[str], select: str) -> dict[str, int]:
+        """Replace the rows of `dataset` whose `key_column` is one of `keys` by the result of `select`
+        (whose rows all have one of `keys`), each key atomically; returns the new rows per key."""
 
     @abstractmethod
     def export_dataset(self, dataset: Dataset, storage: Storage, export_time: datetime) -> Manifest:
@@ -138,7 +139,7 @@ class Platform(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def ensure_table(self, name: str, like_select: str) -> Dataset:
-        """A dataset shaped like `like_select`, created empty once (for replace_slice)."""
+        """A dataset shaped like `like_select`, created empty once (for replace_slices)."""
 
     # --- shared behaviour ---------------------------------------------------------------------
     def audience_sizes(self, audiences: list[Audience], scores: Dataset) -> dict[str, int]:
