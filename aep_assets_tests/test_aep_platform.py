@@ -567,8 +567,8 @@ def test_whole_graph_materializes_in_aep_mode(fake, sleeps, moto_endpoint, track
 
     def segment_count(segment):  # what the evaluation job counts: latest scores inside the PQL interval
         audience = aep._audience(segment)
-        return aep.query(audiences.members_sql("postgres", "cmle_propensity_scores_flat", audience.lower,
-                                               audience.upper)).num_rows
+        latest = audiences.latest_scores("cmle_propensity_scores_flat")
+        return aep.query(audiences.members_sql("postgres", latest, audience.lower, audience.upper)).num_rows
 
     fake.on_export, fake.segment_count = write_export, segment_count
     defs = build_definitions({"platform": aep, "storage": storage, "mlflow_tracking": tracking})

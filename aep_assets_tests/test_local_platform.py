@@ -152,6 +152,34 @@ def test_replace_slices_swaps_only_the_given_keys_in_one_transaction(platform):
                     {"userid": "u4", "profile_batch": "b1"}]
 
 
+def test_the_merged_scores_keep_the_latest_score_of_each_profile(platform, tmp_path):
+    from aep_assets.lib.datasets import PROPENSITY_SCORES
+
+    def scores_file(name, ids, value, scored_at):
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({
+            "userid": [f"{i:038d}" for i in ids], "propensity": [value] * len(ids), "decile": [1] * len(ids),
+            "model_name": ["m"] * len(ids), "model_version": ["1"] * len(ids),
+            "scored_at": pa.array([scored_at] * len(ids), pa.timestamp("us", "UTC")),
+            "profile_batch": ["b"] * len(ids)}), path)
+        return path
+
+    dataset = platform.ensure_dataset(PROPENSITY_SCORES)
+    platform.ingest_batch(dataset, PROPENSITY_SCORES, [scores_file("new", [1, 2], 0.9, NOW)], idempotency_key="new")
+    # scored earlier but landing later (a delayed file): profile 1 and 2 keep their newer score
+    platform.ingest_batch(dataset, PROPENSITY_SCORES, [scores_file("old", [1, 2, 3], 0.1, NOW - timedelta(hours=1))],
+                          idempotency_key="old")
+    bad = scores_file("bad", [1, 1], 0.5, NOW + timedelta(seconds=1))  # duplicate ids: the batch fails
+    with pytest.raises(BatchIngestionError):
+        platform.ingest_batch(dataset, PROPENSITY_SCORES, [bad], idempotency_key="bad")
+    merged = platform.query(f"SELECT userid, propensity FROM ({platform.latest_scores(dataset)}) AS m ORDER BY userid")
+    assert merged["propensity"].to_pylist() == [0.9, 0.9, 0.1]
+    platform.execute('DROP TABLE "cmle_propensity_scores__profile"')  # a home from before the merged table
+    platform.ensure_dataset(PROPENSITY_SCORES)
+    again = platform.query(f"SELECT userid, propensity FROM ({platform.latest_scores(dataset)}) AS m ORDER BY userid")
+    assert again.equals(merged)
+
+
 def test_the_same_batch_requested_twice_at_once_lands_once(platform, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -138,6 +138,10 @@ def test_rerunning_everything_duplicates_nothing(pipeline):
         "SELECT COUNT(*) AS n, COUNT(DISTINCT userid) AS d FROM (" +
         latest_scores(PROPENSITY_SCORES.name) + ") AS l")
     assert latest["n"][0].as_py() == latest["d"][0].as_py() == 4000
+    # The merged table ingestion maintains holds exactly what the window over every score ingested says.
+    scores = platform.find_dataset(PROPENSITY_SCORES.name)
+    merged = platform.query(f"SELECT * FROM ({platform.latest_scores(scores)}) AS m ORDER BY userid")
+    assert merged.equals(platform.query(f"SELECT * FROM ({latest_scores(scores.table)}) AS w ORDER BY userid"))
 
 
 def test_a_broken_export_fails_the_gate_and_keeps_the_champion(pipeline):

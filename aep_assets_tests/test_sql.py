@@ -26,10 +26,10 @@ def test_every_statement_parses_as_spark(name):
     text = {
         "training": lambda: features.training_sql("spark", "ev", "pr", WINDOW),
         "scoring": lambda: features.scoring_sql("spark", "ev", "pr", CUTOFF, ["0190abcdef0123", "0190abcdef0124"]),
-        "members": lambda: audiences.members_sql("spark", "scores", 0.2, 0.93),
-        "propensities": lambda: audiences.latest_propensities_sql("spark", "scores"),
-        "sizes": lambda: audiences.sizes_sql("spark", "scores", [(0.0, 0.2), (0.2, 0.93)]),
-        "latest_members": lambda: audiences.latest_members_sql("spark", "scores"),
+        "members": lambda: audiences.members_sql("spark", audiences.latest_scores("scores"), 0.2, 0.93),
+        "propensities": lambda: audiences.latest_propensities_sql("spark", audiences.latest_scores("scores")),
+        "sizes": lambda: audiences.sizes_sql("spark", audiences.latest_scores("scores"), [(0.0, 0.2), (0.2, 0.93)]),
+        "latest_members": lambda: audiences.latest_members_sql("spark", audiences.latest_scores("scores")),
     }[name]()
     tree = sqlglot.parse_one(text, read="spark")
     assert tree.find(sqlglot.exp.Select) is not None

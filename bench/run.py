@@ -437,16 +437,16 @@ def probe_scoring(platform, tracking, scratch: Path) -> dict:
 
 
 def probe_audiences(platform) -> dict:
-    """The one query the reach table needs: the latest propensity per profile."""
+    """The one query the reach table needs: the latest propensity per profile (kept merged by ingestion)."""
     from aep_assets.lib import audiences
     from aep_assets.lib.datasets import PROPENSITY_SCORES
 
     scores = platform.find_dataset_or_fail(PROPENSITY_SCORES.name)
     parts = {}
     with timed(parts, "latest_scores_query_s"):
-        propensity = platform.query(audiences.latest_propensities_sql(platform.dialect, scores.table))
-    with timed(parts, "plain_scan_s"):  # what it costs when the dataset keeps one row per profile
-        platform.query(f'SELECT propensity FROM "{scores.table}"')
+        propensity = platform.query(audiences.latest_propensities_sql(platform.dialect, platform.latest_scores(scores)))
+    with timed(parts, "window_over_all_scores_s"):  # without the merged table: a window over every score
+        platform.query(audiences.latest_propensities_sql(platform.dialect, audiences.latest_scores(scores.table)))
     return {"seconds": parts["latest_scores_query_s"], "rows": propensity.num_rows, **parts}
 
 
@@ -456,7 +456,7 @@ def probe_activation(platform, scratch: Path) -> dict:
     from aep_assets.lib.datasets import PROPENSITY_SCORES
 
     scores = platform.find_dataset_or_fail(PROPENSITY_SCORES.name)
-    text = f"SELECT userid, propensity FROM ({audiences.latest_scores(scores.table)}) AS latest ORDER BY userid"
+    text = audiences.latest_members_sql(platform.dialect, platform.latest_scores(scores))
     parts = {}
     with timed(parts, "query_s"):
         latest = platform.query(text)

@@ -51,8 +51,8 @@ def propensity_audiences(context: dg.AssetExecutionContext, config: AudiencesCon
         platform.delete_audience(stale)
         context.log.info(f"deleted audience {stale.name!r}: no longer configured")
     created = [platform.upsert_audience(i.name, i.description, i.lower, i.upper, scores) for i in intervals]
-    propensity = platform.query(audiences.latest_propensities_sql(platform.dialect, scores.table))["propensity"]
-    propensity = propensity.to_numpy()
+    latest = platform.latest_scores(scores)
+    propensity = platform.query(audiences.latest_propensities_sql(platform.dialect, latest))["propensity"].to_numpy()
     reach = audiences.reach_table(propensity, intervals)
     platform_sizes = platform.audience_sizes(created, scores)
     consistent = all(platform_sizes[row["audience"]] == row["profiles"] for row in reach.iter_rows(named=True))

@@ -52,33 +52,32 @@ def reach_table(propensity: np.ndarray, intervals: list[Interval]) -> pl.DataFra
 
 
 def latest_scores(scores_table: str) -> sql.Fragment:
-    """The profile view of the scores dataset (latest score per profile) as a subquery."""
+    """The profile view of the scores dataset (latest score per profile) computed from all its records."""
     return sql.Fragment(sql.substitute(sql.load("latest_scores"), scores=sql.Identifier(scores_table)))
 
 
-def members_sql(dialect: sql.Dialect, scores_table: str, lower: float, upper: float) -> str:
-    return sql.transpile(sql.substitute(sql.load("audience_members"), latest_scores=latest_scores(scores_table),
+def members_sql(dialect: sql.Dialect, latest: sql.Fragment, lower: float, upper: float) -> str:
+    """Members of [lower, upper) among `latest`, the latest score per profile as a subquery."""
+    return sql.transpile(sql.substitute(sql.load("audience_members"), latest_scores=latest,
                                         lower=lower, upper=upper), dialect)
 
 
-def latest_propensities_sql(dialect: sql.Dialect, scores_table: str) -> str:
-    return sql.transpile(sql.substitute(sql.load("latest_propensities"),
-                                        latest_scores=latest_scores(scores_table)), dialect)
+def latest_propensities_sql(dialect: sql.Dialect, latest: sql.Fragment) -> str:
+    return sql.transpile(sql.substitute(sql.load("latest_propensities"), latest_scores=latest), dialect)
 
 
-def sizes_sql(dialect: sql.Dialect, scores_table: str, bounds: list[tuple[float, float]]) -> str:
+def sizes_sql(dialect: sql.Dialect, latest: sql.Fragment, bounds: list[tuple[float, float]]) -> str:
     """One pass over the latest scores counting the members of every interval (size_0, size_1, ...)."""
     columns = ",\n    ".join(
         sql.substitute("SUM(CASE WHEN propensity >= $lower AND propensity < $upper THEN 1 ELSE 0 END)",
                        lower=lower, upper=upper) + f" AS size_{index}"
         for index, (lower, upper) in enumerate(bounds))
-    return sql.transpile(sql.substitute(sql.load("audience_sizes"), latest_scores=latest_scores(scores_table),
+    return sql.transpile(sql.substitute(sql.load("audience_sizes"), latest_scores=latest,
                                         size_columns=sql.Fragment(columns)), dialect)
 
 
-def latest_members_sql(dialect: sql.Dialect, scores_table: str) -> str:
-    return sql.transpile(sql.substitute(sql.load("latest_members"), latest_scores=latest_scores(scores_table)),
-                         dialect)
+def latest_members_sql(dialect: sql.Dialect, latest: sql.Fragment) -> str:
+    return sql.transpile(sql.substitute(sql.load("latest_members"), latest_scores=latest), dialect)
 
 
 def activation_parent(audience_name: str) -> str:

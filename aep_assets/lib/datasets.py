@@ -28,6 +28,7 @@ class DatasetSpec:
     unique_identity: bool = False
     allowed_values: dict[str, frozenset[str]] = field(default_factory=dict)
     not_in_future: str | None = None
+    merge_by: str | None = None  # profile merge: per identity, the record with the latest value of this column wins
     description: str = ""
 
 
@@ -67,6 +68,7 @@ PROPENSITY_SCORES = DatasetSpec(
     ]),
     profile_enabled=True,
     unique_identity=True,
+    merge_by="scored_at",
 )
 
 ALL = (PROFILES, EXPERIENCE_EVENTS, PROPENSITY_SCORES)

@@ -675,7 +675,8 @@ class AEPPlatform(Platform):
         return int(((job.get("metrics") or {}).get("segmentedProfileCounter") or {}).get(audience.id, 0))
 
     def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
-        return self.query(audiences.members_sql(self.dialect, scores.table, audience.lower, audience.upper))
+        latest = self.latest_scores(scores)
+        return self.query(audiences.members_sql(self.dialect, latest, audience.lower, audience.upper))
 
     def activate_audience(self, audience: Audience, scores: Dataset, storage: Storage,
                           export_time: datetime) -> Manifest:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
 
 from aep_assets.lib import audiences, names, sql
-from aep_assets.lib.datasets import BatchValidationError, DatasetSpec, conform
+from aep_assets.lib.datasets import PROPENSITY_SCORES, BatchValidationError, DatasetSpec, conform
 from aep_assets.resources.embedded_postgres import EmbeddedPostgres, ServerAddress
 from aep_assets.resources.platform import (
     Audience,
@@ -147,6 +147,7 @@ class LocalPlatform(Platform):
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dataset:{table}",))
             existing = self._dataset_row(conn, "name", spec.name)
             if existing:
+                self._ensure_profile_view(conn, spec, table)
                 return existing
             conn.execute(f"CREATE TABLE IF NOT EXISTS {names.quoted(table)} ({columns}, _acp_batchid text NOT NULL)")
             if spec.unique_identity:  # record datasets are read per batch; events never are
@@ -158,7 +159,21 @@ class LocalPlatform(Platform):
                 f"INSERT INTO catalog.datasets VALUES (%s, %s, %s, %s, %s, {_NOW_MS})",
                 (secrets.token_hex(12), spec.name, table, psycopg.types.json.Jsonb(xdm), spec.profile_enabled),
             )
+            self._ensure_profile_view(conn, spec, table)
             return self._dataset_row(conn, "name", spec.name)
+
+    @staticmethod
+    def _ensure_profile_view(conn, spec: DatasetSpec, table: str) -> None:
+        """For a dataset with a merge policy, the table of its merged records (one per identity) that
+        ingestion keeps current, as the Profile store is: reading the latest record per profile is then
+        a plain scan, not a window over every record ever ingested. Built from the records once."""
+        if spec.merge_by is None:
+            return
+        view = names.quoted(_profile_table(table))
+        if conn.execute("SELECT to_regclass(%s)", (view,)).fetchone()[0] is not None:
+            return
+        conn.execute(f"CREATE TABLE {view} (LIKE {names.quoted(table)}, PRIMARY KEY ({names.quoted(spec.identity)}))")
+        conn.execute(_merge_sql(spec, table, "TRUE"))
 
     def find_dataset(self, name: str) -> Dataset | None:
         with self.connect() as conn:
@@ -223,6 +238,8 @@ class LocalPlatform(Platform):
                 with self._arrow_connection() as conn:
                     with conn.cursor() as cursor:
                         cursor.adbc_ingest(dataset.table, table, mode="append")
+                        if spec.merge_by is not None:
+                            cursor.execute(_merge_sql(spec, dataset.table, f"_acp_batchid = '{batch_id}'"))
                         cursor.execute(
                             f"UPDATE catalog.batches SET status = 'success', record_count = {table.num_rows}, "
                             f"completed_ms = {_NOW_MS} WHERE id = '{batch_id}'")
@@ -333,6 +350,10 @@ class LocalPlatform(Platform):
         return [row[0] for row in rows]
 
     # --- segmentation -------------------------------------------------------------------------
+    def latest_scores(self, scores: Dataset) -> sql.Fragment:
+        columns = ", ".join(names.quoted(f.name, "column") for f in PROPENSITY_SCORES.schema)
+        return sql.Fragment(f"SELECT {columns} FROM {names.quoted(_profile_table(scores.table))}")
+
     def upsert_audience(self, name: str, description: str, lower: float, upper: float,
                         scores: Dataset) -> Audience:
         names.audience_name(name)
@@ -360,7 +381,8 @@ class LocalPlatform(Platform):
             conn.execute("DELETE FROM catalog.audiences WHERE id = %s", (audience.id,))
 
     def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
-        return self.query(audiences.members_sql(self.dialect, scores.table, audience.lower, audience.upper))
+        latest = self.latest_scores(scores)
+        return self.query(audiences.members_sql(self.dialect, latest, audience.lower, audience.upper))
 
     def audience_size(self, audience: Audience, scores: Dataset) -> int:
         return self.audience_members(audience, scores).num_rows
@@ -368,7 +390,8 @@ class LocalPlatform(Platform):
     def audience_sizes(self, selected: list[Audience], scores: Dataset) -> dict[str, int]:
         if not selected:
             return {}
-        row = self.query(audiences.sizes_sql(self.dialect, scores.table, [(a.lower, a.upper) for a in selected]))
+        row = self.query(audiences.sizes_sql(self.dialect, self.latest_scores(scores),
+                                             [(a.lower, a.upper) for a in selected]))
         return {a.name: int(row[f"size_{i}"][0].as_py() or 0) for i, a in enumerate(selected)}
 
     def activate_audience(self, audience: Audience, scores: Dataset, storage: Storage,
@@ -378,7 +401,7 @@ class LocalPlatform(Platform):
     def activate_audiences(self, selected: list[Audience], scores: Dataset, storage: Storage,
                            export_time: datetime) -> dict[str, Manifest]:
         """The latest scores are read once and cut per audience (each cut is a full-table read otherwise)."""
-        latest = self.query(audiences.latest_members_sql(self.dialect, scores.table))
+        latest = self.query(audiences.latest_members_sql(self.dialect, self.latest_scores(scores)))
         propensity = latest["propensity"]
         manifests = {}
         for audience in selected:
@@ -391,6 +414,24 @@ class LocalPlatform(Platform):
                 if older.prefix != prefix:
                     storage.delete_prefix(older.prefix)
         return manifests
+
+
+def _profile_table(table: str) -> str:
+    return names.identifier(f"{table}__profile", "table name")
+
+
+def _merge_sql(spec: DatasetSpec, table: str, rows: str) -> str:
+    """Upsert the records selected by `rows` into the merged table: per identity, the record with the
+    latest `merge_by` wins (ties: the later batch, as the window over all records orders them)."""
+    identity, order = names.quoted(spec.identity, "column"), names.quoted(spec.merge_by, "column")
+    columns = [names.quoted(f.name, "column") for f in spec.schema] + ["_acp_batchid"]
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != identity)
+    view = names.quoted(_profile_table(table))
+    return (f"INSERT INTO {view} ({', '.join(columns)}) "
+            f"SELECT DISTINCT ON ({identity}) {', '.join(columns)} FROM {names.quoted(table)} WHERE {rows} "
+            f"ORDER BY {identity}, {order} DESC, _acp_batchid DESC "
+            f"ON CONFLICT ({identity}) DO UPDATE SET {updates} "
+            f"WHERE ({view}.{order}, {view}._acp_batchid) <= (EXCLUDED.{order}, EXCLUDED._acp_batchid)")
 
 
 _BATCH_COLUMNS = "id, dataset_id, status, created_ms, completed_ms, record_count, error, idempotency_key"

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
-from aep_assets.lib import sql
+from aep_assets.lib import audiences, sql
 from aep_assets.lib.datasets import DatasetSpec
 from aep_assets.resources.storage import Manifest, Storage
 
@@ -142,6 +142,10 @@ class Platform(dg.ConfigurableResource, ABC):
         """A dataset shaped like `like_select`, created empty once (for replace_slices)."""
 
     # --- shared behaviour ---------------------------------------------------------------------
+    def latest_scores(self, scores: Dataset) -> sql.Fragment:
+        """The profile view of the scores dataset as a subquery: per profile, its latest score."""
+        return audiences.latest_scores(scores.table)
+
     def audience_sizes(self, audiences: list[Audience], scores: Dataset) -> dict[str, int]:
         """Sizes of several audiences (implementations may count them in one pass)."""
         return {audience.name: self.audience_size(audience, scores) for audience in audiences}
