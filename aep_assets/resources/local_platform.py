@@ -255,6 +255,9 @@ class LocalPlatform(Platform):
             finally:
                 guard.execute("SELECT pg_advisory_unlock(hashtext(%s))",
                               (f"ingest:{dataset.id}:{idempotency_key}",))
+            # Statistics current before the next query rather than whenever autovacuum gets to it: the
+            # feature SQL's join strategy depends on the row counts and on how the rows are ordered.
+            guard.execute(f"ANALYZE {names.quoted(dataset.table)}")
         return self.batch(batch_id)
 
     @staticmethod
