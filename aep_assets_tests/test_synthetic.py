@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from aep_assets.lib import synthetic
+from aep_assets.lib.holdout import HOLDOUT_FRACTION, is_held_out
 from aep_assets.lib.synthetic import EVENT_TYPES, TARGET_EVENT, SyntheticConfig, generate, generate_batch
 
 END = datetime(2025, 6, 1, tzinfo=timezone.utc)
@@ -36,8 +37,8 @@ def large():
 
 @pytest.fixture(scope="module")
 def with_oracle():
-    """30k users with the oracle: its calibration and ranking against the realised labels."""
-    config = SyntheticConfig(profiles=30_000, batches=1, seed=5, end=END)
+    """30k users with the oracle for all of them: its calibration and ranking against the realised labels."""
+    config = SyntheticConfig(profiles=30_000, batches=1, seed=5, end=END, oracle_fraction=1.0)
     return config, generate_batch(config, 0)
 
 
@@ -60,6 +61,10 @@ def test_config_needs_an_aware_end_and_a_cutoff_inside_the_timeline():
         SyntheticConfig(end=END, cutoff_days_before_end=70)
     config = SyntheticConfig(end=END)
     assert config.start == END - timedelta(weeks=10) and config.cutoff == END - timedelta(days=14)
+    assert config.oracle_fraction == HOLDOUT_FRACTION
+    for fraction in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            SyntheticConfig(end=END, oracle_fraction=fraction)
 
 
 def test_same_seed_same_frames_other_seed_other_frames(small, small_data):
@@ -110,7 +115,6 @@ def test_events_lie_inside_the_timeline(small, small_data):
     assert events.schema["timestamp"] == pl.Datetime("us", "UTC")
     assert events["timestamp"].max() <= small.end and events["timestamp"].min() >= small.start
     assert set(events["event_type"].unique()) <= set(EVENT_TYPES)
-    assert all(part["timestamp"].is_sorted() for part in events.partition_by("batch"))
     web = events.filter(~pl.col("event_type").str.starts_with("directMarketing.")
                         & ~pl.col("event_type").str.starts_with("advertising."))
     assert web["page_name"].null_count() == 0 and web["campaign_id"].null_count() == web.height
@@ -162,11 +166,51 @@ def test_truth_agrees_with_the_events(small, small_data):
     assert joined["converted_in_horizon"].equals(after.fill_null(False).alias("converted_in_horizon"))
 
 
-def test_oracle_is_a_probability_exactly_where_it_is_defined(small_data):
+def test_events_of_a_batch_are_sorted_by_user_then_time(small_data):
+    """Each user's events contiguous, the file sorted by its identity column (a database's userid
+    index then takes local inserts during a bulk load)."""
+    for part in small_data.events.partition_by("batch", maintain_order=True):
+        keys = part.select("userid", "timestamp")
+        assert keys.equals(keys.sort("userid", "timestamp"))
+        assert part["userid"].n_unique() == part["userid"].rle_id().max() + 1
+
+
+def test_oracle_is_a_probability_exactly_for_the_held_out_open_users(small, small_data):
+    """Default: only where training's held-out split compares it with a model (not converted
+    before the cutoff, held out); oracle_fraction=1.0: every user not converted before the cutoff."""
     truth = small_data.truth
     oracle = truth["oracle_probability"]
-    assert oracle.is_null().equals(truth["converted_before_cutoff"].alias("oracle_probability"))
+    open_ = ~truth["converted_before_cutoff"].to_numpy()
+    held = is_held_out(truth["userid"], HOLDOUT_FRACTION)
+    assert 0.2 < held.mean() < 0.3
+    assert np.array_equal(oracle.is_not_null().to_numpy(), open_ & held)
     assert oracle.drop_nulls().is_between(0.0, 1.0).all()
+    everyone = SyntheticConfig(profiles=small.profiles, batches=small.batches, seed=small.seed, end=END,
+                               oracle_fraction=1.0)
+    full = generate_batch(everyone, 1).truth
+    assert full.drop("oracle_probability").equals(truth.filter(pl.col("batch") == 1).drop("oracle_probability"))
+    assert full["oracle_probability"].is_null().equals(full["converted_before_cutoff"].alias("oracle_probability"))
+    assert full["oracle_probability"].drop_nulls().is_between(0.0, 1.0).all()
+
+
+def test_oracle_work_is_only_for_the_users_in_scope(small, monkeypatch):
+    """The oracle simulates the held-out open users alone (not all users, then masked): its cost is
+    what a smaller fraction saves."""
+    simulated = []
+    chunk = synthetic._oracle_chunk
+
+    def counting(clock, weeks, draws, past, anchors, ranks, rng):
+        simulated.append(ranks.size)
+        return chunk(clock, weeks, draws, past, anchors, ranks, rng)
+
+    monkeypatch.setattr(synthetic, "_oracle_chunk", counting)
+    for fraction in (0.0, 0.1, 0.25):
+        simulated.clear()
+        config = SyntheticConfig(profiles=small.profiles, batches=small.batches, seed=small.seed, end=END,
+                                 oracle_fraction=fraction)
+        truth = generate_batch(config, 0).truth
+        in_scope = is_held_out(truth["userid"], fraction) & ~truth["converted_before_cutoff"].to_numpy()
+        assert sum(simulated) == in_scope.sum() == truth["oracle_probability"].is_not_null().sum()
 
 
 def test_oracle_ranks_and_is_calibrated(with_oracle):

@@ -40,13 +40,17 @@ batch), which the email embeds. The second half makes ids unique across all batc
 construction, whatever the batch sizes (a batch landed later may use another `profiles`). Faker
 fills pools of names and locale cities once (fixed Faker seed); numpy samples them. Every batch draws
 from numpy streams spawned from (seed, batch), so any batch, including new ones past the initial K,
-is generated alone and identically.
+is generated alone and identically. A batch's events come sorted by (userid, time), see `_event_frame`.
 
-Ground truth: for each user without a form before the cutoff, `oracle_probability` is P(form in
-[cutoff, cutoff + horizon] | the user's events strictly before the cutoff), the features' point in
-time (a form at the cutoff is a label, an event at it is not seen). It is a Monte Carlo expectation
-over this same process, `oracle_draws` draws per user, vectorised over users x draws, reading only
-the events before the cutoff, and exact in expectation. The conditioning follows the process: per
+Ground truth: for each user without a form before the cutoff and among the held-out profiles
+(`holdout.is_held_out` of the userid at `oracle_fraction`, by default training's HOLDOUT_FRACTION:
+the only users the oracle is ever compared with a model on; 1.0: every user without a form),
+`oracle_probability` is P(form in [cutoff, cutoff + horizon] | the user's events strictly before the
+cutoff), the features' point in time (a form at the cutoff is a label, an event at it is not seen);
+null for the others. Only the users in scope are simulated: the cost scales with `oracle_fraction`.
+It is a Monte Carlo expectation over this same process, `oracle_draws` draws per user, vectorised
+over users x draws, reading only the events before the cutoff, and exact in expectation. The
+conditioning follows the process: per
 parent type the anchor's posterior given the children seen (a past parent j with likelihood
 L_j = exp(-lambda q_j) * prod lambda f_j(x), a future one with 1 if no child was seen), a draw
 weighted by the likelihood (1/n) sum_j L_j over its n past and future parents; for the base types
@@ -85,7 +89,8 @@ click or not, activity in the last hour or day or none) the group means are thos
 oracle at 128 draws within 0.1% (the groups' labels deviate from both by up to 2.2 standard
 errors). Against the previous version user by user (2.2k open users of 2.5k profiles, seed 5, end
 2026-11-26; 16 x 1024 draws of it, 8 x 128 of this): z-scores of the differences with sd 1.04, none
-beyond 4. Precision, on 50k profiles (seed 42, end 2026-11-26, 44,421 open users, label
+beyond 4. (These and the table below: oracle over all open users, as `oracle_fraction=1.0` gives.)
+Precision, on 50k profiles (seed 42, end 2026-11-26, 44,421 open users, label
 `converted_in_horizon`): the converged oracle AUC is 0.8014 (mean of five independent runs of 192 to
 512 draws, each 0.8011 to 0.8015); AUC (mean over independent oracle draws) and oracle CPU seconds
 for the 50k users, min of runs:
@@ -101,13 +106,21 @@ for the 50k users, min of runs:
 
 (The previous oracle at 32 draws: 67% relative error per user.) Two independent draws of the oracle
 on the same 20k profiles: AUCs apart by 0.0013 (sd over 8 seeds; the previous oracle: 0.0035, and
-0.02 lower). Speed, whole process (`generate_batch` over the 10 batches, Faker pools included, CPU
-seconds): 100k profiles 0.5 to 0.8 s without the oracle, 3.6 to 4.2 s with it (with the previous
-oracle 1.6 to 2.0 s), peak RSS 265 MB; 1M profiles 7.8 s without the oracle, 42 s with it, peak RSS
-840 MB (two 100k-user batches alive at once). The oracle costs about 3.1 s per 100k users at 12
-draws (the previous 32-draw one 1.1 to 1.4 s), about linear in `oracle_draws`: numpy passes over
-about 45 units (user x draw x branch) per user. Both miss their targets (2M events/s; a few seconds
-of oracle at 1M): string columns and sorts dominate the first, per-unit work the second.
+0.02 lower). Simulating the held-out users alone (the default scope) leaves it as it was: on 50k
+profiles in one batch (seed 42, end 2026-11-26; 44,345 open users, 11,110 of them held out, 430
+positives) the AUC on the held-out ones is 0.7962 (sd 0.0015 over 24 independent oracle streams)
+simulating them alone, 0.7958 (sd 0.0015) simulating all open users; 1.0 gives the values of
+simulating everyone, bit for bit.
+
+Speed, whole process (`generate_batch` over the 10 batches, Faker pools included, 0.7 s; CPU seconds
+on this machine with load 1 to 2, two runs each, +-20% between sessions): 100k profiles 1.5 to 2.1 s
+without the oracle, 2.7 to 2.8 s with it at `oracle_fraction` 0.25 (22k users), 5.3 to 5.6 s at 1.0
+(89k users), peak RSS 255 MB; 1M profiles 8.6 to 9.2 s without the oracle, 15 to 20 s at 0.25 (222k
+users), 40 to 54 s at 1.0 (888k users), peak RSS 770 to 850 MB (two 100k-user batches alive at
+once). The oracle costs about 4 s per 100k users it covers at 12 draws (the previous 32-draw one 1.1
+to 1.4 s), about linear in `oracle_draws`: numpy passes over about 45 units (user x draw x branch)
+per user. Both miss their targets (2M events/s; a few seconds of oracle at 1M): string columns and
+sorts dominate the first, per-unit work the second.
 """
 
 from __future__ import annotations
@@ -120,6 +133,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import polars as pl
 import pyarrow as pa
+
+from aep_assets.lib.holdout import HOLDOUT_FRACTION, is_held_out
 
 TARGET_EVENT = "web.formFilledOut"
 BASE = "base"
@@ -174,6 +189,7 @@ class SyntheticConfig:
     cutoff_days_before_end: float = 14.0
     horizon_days: float = 14.0
     oracle_draws: int = 12
+    oracle_fraction: float = HOLDOUT_FRACTION  # share of users (held-out ones) with an oracle
 
     def __post_init__(self) -> None:
         if not isinstance(self.end, datetime) or self.end.utcoffset() is None:
@@ -181,6 +197,8 @@ class SyntheticConfig:
         object.__setattr__(self, "end", self.end.astimezone(timezone.utc))
         if self.profiles < 0 or self.batches < 1 or self.seed < 0 or self.oracle_draws < 0:
             raise ValueError("profiles, seed and oracle_draws must be >= 0 and batches >= 1")
+        if not 0.0 <= self.oracle_fraction <= 1.0:
+            raise ValueError(f"oracle_fraction must be in [0, 1], got {self.oracle_fraction}")
         if self.weeks <= 0 or not 0 < self.cutoff_days_before_end < 7 * self.weeks:
             raise ValueError("need weeks > 0 and the cutoff strictly inside the timeline")
         if self.horizon_days * 86400 <= 60:
@@ -231,7 +249,10 @@ def generate_batch(config: SyntheticConfig, batch: int) -> SyntheticData:
     profiles = _profiles(config, batch, n, np.random.default_rng(streams[0]))
     clock = _Clock(config)
     sim = _simulate(n, config.weeks, clock, np.random.default_rng(streams[1]))
-    before, in_horizon, oracle = _ground_truth(clock, sim, config.oracle_draws, np.random.default_rng(streams[2]))
+    # the oracle only serves the oracle AUC on training's held-out profiles: computed for those only
+    scope = is_held_out(profiles["userid"], config.oracle_fraction)
+    before, in_horizon, oracle = _ground_truth(clock, sim, config.oracle_draws, np.random.default_rng(streams[2]),
+                                               scope)
     truth = pl.DataFrame({
         "userid": profiles["userid"],
         "batch": pl.Series("batch", np.full(n, batch, dtype=np.int32)),
@@ -248,21 +269,25 @@ def _streams(config: SyntheticConfig, batch: int) -> list[np.random.SeedSequence
     return np.random.SeedSequence(config.seed, spawn_key=(batch,)).spawn(3)
 
 
-def _ground_truth(clock: _Clock, sim: _Simulation, draws: int,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ground_truth(clock: _Clock, sim: _Simulation, draws: int, rng: np.random.Generator,
+                  scope: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per user: form before the cutoff, form in the label window, and the oracle probability (nan
-    where it is not defined). Observed means strictly before the cutoff, as in the feature SQL: a
-    form at the cutoff is a label, an event at the cutoff is not seen."""
+    where it is not defined or the user is outside `scope`, a per-user mask; None: everyone).
+    Observed means strictly before the cutoff, as in the feature SQL: a form at the cutoff is a
+    label, an event at the cutoff is not seen. Only the users in scope are simulated (the oracle's
+    cost is linear in them); a user's value depends on which others are in scope only through the
+    random stream, not in distribution."""
     conv = sim.conversion_us
     n = conv.size
     before = (conv >= 0) & (conv < clock.cutoff_us)
     in_horizon = (conv >= clock.cutoff_us) & (conv <= min(clock.cutoff_us + clock.horizon_us, clock.end_us))
+    active = ~before if scope is None else ~before & scope
     oracle = np.full(n, np.nan)
-    if draws > 0 and n > 0:
-        past = sim.time_us < clock.cutoff_us
-        oracle = _oracle(clock, n, draws, sim.user[past], sim.code[past], sim.time_us[past], sim.level[past],
-                         ~before, rng)
-    return before, in_horizon, np.where(before, np.nan, oracle)
+    if draws > 0 and active.any():
+        seen = (sim.time_us < clock.cutoff_us) & active[sim.user]
+        oracle = _oracle(clock, n, draws, sim.user[seen], sim.code[seen], sim.time_us[seen], sim.level[seen],
+                         active, rng)
+    return before, in_horizon, oracle
 
 
 # --- time ---------------------------------------------------------------------------------------
@@ -580,7 +605,8 @@ class _Anchors:
 
 def _oracle(clock: _Clock, n: int, draws: int, user, code, time_us, level, active: np.ndarray,
             rng: np.random.Generator) -> np.ndarray:
-    """P(form in the label window | events before the cutoff) per user (nan where not active)."""
+    """P(form in the label window | events before the cutoff) per user (nan where not active); all
+    work is over the active users' events and units (user x draw x branch) only."""
     weeks = clock.weeks
     past = _Past(clock, n, user, code, time_us, level, active)
     anchors = {p: _Anchors(past, clock, p, kids, weeks) for p, kids in _KIDS.items()}
@@ -1137,7 +1163,12 @@ def _profiles(config: SyntheticConfig, batch: int, n: int, rng: np.random.Genera
 
 
 def _event_frame(sim: _Simulation, userids: pl.Series, batch: int, seed: int, clock: _Clock) -> pl.DataFrame:
-    """Events plus conversions, ordered by time, with ids, pages and campaigns."""
+    """Events plus conversions, with ids, pages and campaigns, ordered by (userid, time): each user's
+    events are contiguous and the batch is sorted by the identity column, so a database keeps its
+    userid index with local inserts during a bulk load and reads one user's events from few pages.
+    The userid strings are ranked once (n of them) and the events sorted by (rank, time) as integers;
+    ties (same user and microsecond) in a fixed order for the same seed. Event ids come from (user,
+    sequence in the user's events), not from the order, and the random pages are drawn in this order."""
     n_users = userids.len()
     conv_users = np.flatnonzero(sim.conversion_us >= 0).astype(np.int32)
     n_ev = sim.user.size
@@ -1149,7 +1180,9 @@ def _event_frame(sim: _Simulation, userids: pl.Series, batch: int, seed: int, cl
     time_us = np.concatenate([sim.time_us, sim.conversion_us[conv_users]])
     campaign = np.concatenate([sim.campaign, np.full(conv_users.size, -1, dtype=np.int16)])
     seq = np.concatenate([np.arange(n_ev) - starts, per_user[conv_users]]).astype(np.int64)
-    order = _argsort_pairs(time_us, user, max(n_users, 1))
+    rank = np.empty(n_users, dtype=np.int64)
+    rank[userids.arg_sort().to_numpy()] = np.arange(n_users)
+    order = _argsort_pairs(rank[user], time_us, clock.end_us + 1)
     user, code, time_us, campaign, seq = user[order], code[order], time_us[order], campaign[order], seq[order]
 
     _, event_key, mix_key = _keys(seed)
