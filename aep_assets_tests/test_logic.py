@@ -120,3 +120,23 @@ def test_split_is_by_profile_and_stable():
     shuffled = ids.sample(fraction=1.0, shuffle=True, seed=3)
     again = dict(zip(shuffled.to_list(), is_held_out(shuffled, 0.25), strict=True))
     assert all(again[i] == t for i, t in zip(ids.to_list(), test, strict=True))
+
+
+def test_training_does_not_depend_on_the_export_row_order():
+    import polars as pl
+
+    from aep_assets.lib import modeling
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    x = rng.normal(size=(n, 3))
+    frame = pl.DataFrame({"userid": [f"{i:038d}" for i in rng.permutation(n)], "a": x[:, 0], "b": x[:, 1],
+                          "c": x[:, 2], "label": (x[:, 0] + rng.normal(size=n) > 1.5).astype(np.int8)})
+    settings = modeling.TrainingSettings(max_trials=1)
+    shuffled = modeling.train(frame, settings)
+    ordered_frame = modeling.in_profile_order(frame)
+    assert ordered_frame["userid"].is_sorted() and modeling.in_profile_order(ordered_frame) is ordered_frame
+    ordered = modeling.train(ordered_frame, settings)
+    assert np.array_equal(shuffled.test_ids, ordered.test_ids)
+    assert np.array_equal(shuffled.estimator.predict_proba(shuffled.x_test),
+                          ordered.estimator.predict_proba(ordered.x_test))

@@ -14,6 +14,7 @@ from aep_assets.lib.audiences import latest_scores
 from aep_assets.lib.datasets import PROFILES, PROPENSITY_SCORES
 from aep_assets.main import run_all, summary
 from aep_assets.resources.local_platform import LocalPlatform
+from aep_assets.resources.platform import export_parent
 from aep_assets.resources.storage import LocalStorage
 from aep_assets.resources.tracking import MlflowTracking
 
@@ -100,11 +101,13 @@ def _asset_of(check: str) -> str:
 
 
 def test_export_and_activation_files_are_readable(pipeline):
-    storage = pipeline["resources"]["storage"]
+    storage, platform = pipeline["resources"]["storage"], pipeline["resources"]["platform"]
     exports = [p for p in storage.root_path.glob("cmle/egress/*/exportTime=*/part-*.gz.parquet")]
     assert exports and pq.read_table(exports[0]).num_rows > 0
+    training = platform.find_dataset("cmle_training_features")
+    exported = storage.read_frame(storage.latest_complete(export_parent(training)))
+    assert exported["userid"].is_sorted()  # the training step reads it without sorting a copy
     activations = list(storage.root_path.glob("cmle/activation/*/exportTime=*/_manifest.json"))
-    platform = pipeline["resources"]["platform"]
     assert len(activations) == len(platform.audiences()) == 5
 
 
@@ -147,8 +150,6 @@ def test_rerunning_everything_duplicates_nothing(pipeline):
 def test_a_broken_export_fails_the_gate_and_keeps_the_champion(pipeline):
     """Labels shuffled in a newer export: the blocking checks fail and the alias does not move."""
     import polars as pl
-
-    from aep_assets.resources.platform import export_parent
 
     platform, storage = pipeline["resources"]["platform"], pipeline["resources"]["storage"]
     tracking = pipeline["resources"]["mlflow_tracking"]

@@ -31,6 +31,8 @@ def test_write_then_read_back_in_parts(any_storage):
     latest = any_storage.latest_complete("cmle/egress/ds1")
     assert latest == manifest
     assert any_storage.read_table(latest).num_rows == 2500
+    frame = any_storage.read_frame(latest, columns=["userid"])
+    assert frame.columns == ["userid"] and frame["userid"].to_list() == table(2500)["userid"].to_pylist()
 
 
 def test_readers_skip_exports_without_manifest(any_storage, tmp_path):

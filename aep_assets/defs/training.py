@@ -58,7 +58,7 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
                      storage: Storage, mlflow_tracking: MlflowTracking):
     dataset = platform.find_dataset_or_fail(TRAINING_DATASET)
     manifest = storage.latest_complete(export_parent(dataset))
-    frame = pl.from_arrow(storage.read_table(manifest)).sort(ID_COLUMN)  # sorted once: training, fingerprint
+    frame = modeling.in_profile_order(storage.read_frame(manifest))
     context.log.info(f"training from {storage.uri(manifest.prefix)}: {frame.height} rows")
     settings = modeling.TrainingSettings(algorithm=config.algorithm, seed=config.seed, max_trials=config.max_trials,
                                          time_budget_s=config.time_budget_seconds)
@@ -147,9 +147,7 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
 def training_fingerprint(frame: pl.DataFrame, config: ModelConfig) -> str:
     """Content of the training rows (sorted by profile id, so the export's row order does not matter)
     and the training config."""
-    if not frame[ID_COLUMN].is_sorted():
-        frame = frame.sort(ID_COLUMN)
-    digest = hashlib.sha256(frame.hash_rows(seed=0).to_numpy().tobytes())
+    digest = hashlib.sha256(modeling.in_profile_order(frame).hash_rows(seed=0).to_numpy().tobytes())
     digest.update(json.dumps(config.model_dump(), sort_keys=True).encode())
     return digest.hexdigest()[:32]
 

@@ -125,10 +125,15 @@ def build_estimator(algorithm: Algorithm, params: dict, seed: int):
                          StandardScaler(), LogisticRegression(max_iter=1000, **params))
 
 
+def in_profile_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows by profile id: an export may come in any row order, a model must not depend on it. A no-op
+    (no second copy of the frame) when the export was written in that order."""
+    return frame if frame[ID_COLUMN].is_sorted() else frame.sort(ID_COLUMN)
+
+
 def train(frame: pl.DataFrame, settings: TrainingSettings) -> TrainedModel:
     """Split by profile id, bounded random search on a validation split, refit on all training rows."""
-    if not frame[ID_COLUMN].is_sorted():  # export files come in any row order; the result must not
-        frame = frame.sort(ID_COLUMN)
+    frame = in_profile_order(frame)
     features = feature_columns(frame.columns)
     labels = frame[LABEL_COLUMN].to_numpy().astype(np.int8)
     if len(np.unique(labels)) < 2:

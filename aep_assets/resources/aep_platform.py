@@ -492,10 +492,12 @@ class AEPPlatform(Platform):
             log.info("reverted batch %s", batch_id)
 
     # --- dataset export -----------------------------------------------------------------------
-    def export_dataset(self, dataset: Dataset, storage: Storage, export_time: datetime) -> Manifest:
+    def export_dataset(self, dataset: Dataset, storage: Storage, export_time: datetime,
+                       order_by: str | None = None) -> Manifest:
         """Ad-hoc run of a Flow Service dataset-export dataflow to the S3 storage, then our manifest.
 
-        AEP names the folder itself (`exportTime=YYYYMMDDHHMM`); `export_time` is not used for it.
+        AEP names the folder itself (`exportTime=YYYYMMDDHHMM`); `export_time` is not used for it, and
+        the export has no row order (`order_by` is not applied).
         """
         if not isinstance(storage, S3Storage):
             raise AEPConfigError("AEP dataset export writes to S3: set AEP_ASSETS_S3_BUCKET (and "

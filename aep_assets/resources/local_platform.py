@@ -346,11 +346,13 @@ class LocalPlatform(Platform):
             return dataset
         return self.create_table_as(name, f"SELECT * FROM ({like_select}) AS shape WHERE FALSE")
 
-    def export_dataset(self, dataset: Dataset, storage: Storage, export_time: datetime) -> Manifest:
+    def export_dataset(self, dataset: Dataset, storage: Storage, export_time: datetime,
+                       order_by: str | None = None) -> Manifest:
         with self._arrow_connection() as conn, conn.cursor() as cursor:
             columns = [c for c in self._columns(dataset.table) if c != "_acp_batchid"]
+            order = f" ORDER BY {names.quoted(order_by, 'column')}" if order_by else ""
             cursor.execute(f"SELECT {', '.join(names.quoted(c, 'column') for c in columns)} "
-                           f"FROM {names.quoted(dataset.table)}")
+                           f"FROM {names.quoted(dataset.table)}{order}")
             reader = cursor.fetch_record_batch()
             return storage.write_parquet_parts(export_prefix(dataset, export_time), reader, schema=reader.schema)
 

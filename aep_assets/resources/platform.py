@@ -108,8 +108,10 @@ class Platform(dg.ConfigurableResource, ABC):
         (whose rows all have one of `keys`), each key atomically; returns the new rows per key."""
 
     @abstractmethod
-    def export_dataset(self, dataset: Dataset, storage: Storage, export_time: datetime) -> Manifest:
-        """The dataset as gzip parquet under `cmle/egress/{dataset.id}/exportTime=.../` in storage."""
+    def export_dataset(self, dataset: Dataset, storage: Storage, export_time: datetime,
+                       order_by: str | None = None) -> Manifest:
+        """The dataset as gzip parquet under `cmle/egress/{dataset.id}/exportTime=.../` in storage, in the
+        order of the column `order_by` where the platform can (AEP's export cannot: readers must check)."""
 
     @abstractmethod
     def upsert_audience(self, name: str, description: str, lower: float, upper: float,
