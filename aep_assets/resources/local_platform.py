@@ -102,6 +102,12 @@ class LocalPlatform(Platform):
     def dialect(self) -> sql.Dialect:
         return "postgres"
 
+    @property
+    def concurrent_ingestions(self) -> int:
+        # One COPY keeps one server process busy: two at once landed 6M events in 13.7 s instead of 19.5 s
+        # on 2 cores (each batch stays its own transaction).
+        return min(2, os.cpu_count() or 1)
+
     # --- connections --------------------------------------------------------------------------
     @cached_property
     def server(self) -> EmbeddedPostgres:

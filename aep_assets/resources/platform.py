@@ -144,6 +144,11 @@ class Platform(dg.ConfigurableResource, ABC):
         """A dataset shaped like `like_select`, created empty once (for replace_slices)."""
 
     # --- shared behaviour ---------------------------------------------------------------------
+    @property
+    def concurrent_ingestions(self) -> int:
+        """How many batches of one dataset may be ingested at the same time."""
+        return 1
+
     def latest_scores(self, scores: Dataset) -> sql.Fragment:
         """The profile view of the scores dataset as a subquery: per profile, its latest score."""
         return audiences.latest_scores(scores.table)
