@@ -3,6 +3,7 @@
 import json
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -169,8 +170,8 @@ def _previous_scores(storage: Storage, parent: str) -> np.ndarray | None:
                       "profile wins, as profile merge does. Re-ingesting the same file adds nothing.")
 def aep_propensity_scores(context: dg.AssetExecutionContext, platform: Platform, storage: Storage):
     dataset = platform.ensure_dataset(PROPENSITY_SCORES)
-    landed = []
-    for key in context.partition_keys:
+
+    def land(key: str) -> dict:
         manifest = storage.latest_complete(scores_parent(dataset.id, key))
         with tempfile.TemporaryDirectory(prefix="aep-scores-") as tmp:
             paths = []
@@ -181,9 +182,12 @@ def aep_propensity_scores(context: dg.AssetExecutionContext, platform: Platform,
             digest = "-".join(file_digest(p) for p in paths)
             started = time.monotonic()
             batch = platform.ingest_batch(dataset, PROPENSITY_SCORES, paths, idempotency_key=digest)
-        landed.append({"profile_batch": key, "batch_id": batch.id, "records": batch.record_count,
-                       "seconds": round(time.monotonic() - started, 3), "source": storage.uri(manifest.prefix)})
         context.log.info(f"batch {key}: scores batch {batch.id} with {batch.record_count} records")
+        return {"profile_batch": key, "batch_id": batch.id, "records": batch.record_count,
+                "seconds": round(time.monotonic() - started, 3), "source": storage.uri(manifest.prefix)}
+
+    with ThreadPoolExecutor(platform.concurrent_ingestions) as pool:  # each batch atomic on its own
+        landed = list(pool.map(land, context.partition_keys))
     return dg.MaterializeResult(metadata={
         "dataset_id": dataset.id, "dagster/row_count": sum(b["records"] or 0 for b in landed),
         "batches": dg.MetadataValue.md(pl.DataFrame(landed).to_pandas().to_markdown(index=False))})
