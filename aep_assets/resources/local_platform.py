@@ -346,7 +346,7 @@ class LocalPlatform(Platform):
         return {key: int(counts.get(key, 0)) for key in keys}
 
     def ensure_table(self, name: str, like_select: str) -> Dataset:
-        """A dataset with the columns of `like_select` and no rows, created once (for replace_slice)."""
+        """A dataset with the columns of `like_select` and no rows, created once (for replace_slices)."""
         dataset = self.find_dataset(name)
         if dataset is not None:
             return dataset
