@@ -475,8 +475,8 @@ def probe_activation(platform, scratch: Path) -> dict:
 
 def probe_eda(platform) -> dict:
     """One pass over the events giving the distinct (user, event type) pairs, from which the funnel's
-    distinct users and the co-occurrence both follow (the asset runs three queries, two of them scan
-    DISTINCT pairs twice and self-join them)."""
+    distinct users and the co-occurrence both follow (the asset makes two passes: weekly counts by
+    type, and each user's set of types as a bitmask)."""
     from aep_assets.lib.datasets import EXPERIENCE_EVENTS
 
     events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name).table
@@ -622,9 +622,9 @@ def run_probes(defs, instance, home: Path, sampler: TreeMemorySampler) -> dict:
     training_meta = metadata(instance, "training_features")
     window = features.Window(datetime.fromisoformat(training_meta["cutoff"]),
                              datetime.fromisoformat(training_meta["horizon_end"]))
-    # The scoring features of every profile in one statement (the asset runs one per profile batch).
+    # The scoring features of every profile, without the asset's batch filter and replace.
     all_profiles = sql.transpile(sql.substitute(
-        sql.load("scoring_features"), profile_batch="all",
+        sql.load("scoring_features"),
         user_features=features._user_features(events.table, profiles.table,
                                               datetime.now(timezone.utc).replace(microsecond=0), "TRUE")),
         platform.dialect)

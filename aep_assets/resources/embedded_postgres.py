@@ -48,8 +48,6 @@ SERVER_SETTINGS = {
     # The datasets sit in memory or on SSD: at the default 4 a 10k-profile rescore at a 1M base was
     # planned as a scan of all 10.7M events (3.4 s) instead of index probes for its users (0.3 s).
     "random_page_cost": "1.1",
-    # Compiling the feature SQL's expressions took longer than it saved (1M profiles: 15.8 s vs 13.5 s).
-    "jit": "off",
 }
 
 
