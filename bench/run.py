@@ -1,9 +1,10 @@
 """`make bench`: how fast the CMLE propensity workflow runs, stage by stage, against what the machine allows.
 
 Business purpose: Adobe's reference workflow makes a data scientist wait minutes per step and hours
-end to end; this project promises the whole loop (synthetic customers -> platform -> features ->
+end to end; the target here is the whole loop (synthetic customers -> platform -> features ->
 export -> model -> scores -> audiences -> activation) in about a minute for a million profiles,
-and a new 10k-profile batch rescored in seconds. This script checks that promise on this machine.
+and a new 10k-profile batch rescored in seconds. This script measures how far from it each stage
+is on this machine, and `bench/diagnose.py` why.
 
 What it does, in one process, like `make run`:
 
