@@ -267,10 +267,11 @@ class LocalPlatform(Platform):
                               (f"ingest:{dataset.id}:{idempotency_key}",))
             # Statistics current before the next query, not whenever autovacuum gets to it (the feature SQL's
             # joins depend on them), once a batch adds a tenth of the rows last analyzed, autovacuum's threshold.
+            # A merged dataset is read through its merged table, by plain scans: nothing to plan.
             landed = self.batch(batch_id)
             analyzed_rows = guard.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
                                           (names.quoted(dataset.table),)).fetchone()[0]
-            if (landed.record_count or 0) * 10 >= analyzed_rows:
+            if spec.merge_by is None and (landed.record_count or 0) * 10 >= analyzed_rows:
                 guard.execute(f"ANALYZE {names.quoted(dataset.table)}")
         return landed
 
