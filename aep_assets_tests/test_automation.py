@@ -88,6 +88,47 @@ def test_a_tick_is_bounded_and_the_rest_waits(sensor_setup, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("promoted", [True, False])
+def test_a_promotion_rescores_every_batch_once_and_a_kept_champion_nothing(promoted):
+    """champion_promoted_sensor on a real training-job run: a stand-in propensity_model reports the
+    metadata the real asset reports (`promoted`), so the sensor's decision is what is tested."""
+    from aep_assets.defs.automation import RANGE_END, RANGE_START, champion_promoted_sensor
+    from aep_assets.defs.partitions import profile_batches
+
+    @dg.asset(name="training_features")
+    def features_table():
+        return dg.MaterializeResult()
+
+    @dg.asset(name="propensity_model", deps=[features_table])
+    def trained_model():
+        return dg.MaterializeResult(metadata={"promoted": promoted})
+
+    job = dg.define_asset_job("train_propensity_model_job", selection=[features_table, trained_model])
+    defs = dg.Definitions(assets=[features_table, trained_model], jobs=[job])
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(profile_batches.name, ["b1", "b2", "b3"])
+        result = defs.resolve_job_def("train_propensity_model_job").execute_in_process(instance=instance)
+        run = instance.get_run_by_id(result.run_id)
+        success = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS)
+        context = dg.build_run_status_sensor_context(sensor_name="champion_promoted_sensor", dagster_event=success,
+                                                     dagster_instance=instance, dagster_run=run)
+        outcome = champion_promoted_sensor(context)
+        if not promoted:
+            assert isinstance(outcome, dg.SkipReason)
+            return
+        assert isinstance(outcome, dg.RunRequest)
+        assert outcome.run_key == f"champion-{run.run_id}"  # one rescore per promotion, however often evaluated
+        assert (outcome.tags[RANGE_START], outcome.tags[RANGE_END]) == ("b1", "b3")
+        # a later run of the job that only rebuilt the features (a subset launched from the UI): no promotion
+        later = defs.resolve_job_def("train_propensity_model_job").execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("training_features")])
+        later_success = next(e for e in later.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS)
+        stale = dg.build_run_status_sensor_context(
+            sensor_name="champion_promoted_sensor", dagster_event=later_success, dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(later.run_id))
+        assert isinstance(champion_promoted_sensor(stale), dg.SkipReason)
+
+
 def test_the_daemon_rescores_a_landed_batch_by_itself(monkeypatch):
     """make run's state, a running dagster-daemon, then simulate_profile_batch_job: the sensor's run
     scores the new profiles, ingests them and refreshes the audiences with nobody clicking."""
