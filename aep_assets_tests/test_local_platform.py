@@ -1,5 +1,6 @@
 """LocalPlatform on the real embedded PostgreSQL: catalog, atomic idempotent batches, Query Service."""
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,31 @@ def test_two_processes_starting_the_server_at_once_share_one(session_home):
         from aep_assets.resources.embedded_postgres import EmbeddedPostgres
 
         EmbeddedPostgres(home / "postgres").stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as another user only when we are root")
+def test_a_home_the_server_user_cannot_reach_gets_its_server_files_elsewhere(session_home, monkeypatch):
+    """A clone in `mktemp -d` (mode 700): the server's data and log move out, and stay there."""
+    import psycopg
+
+    from aep_assets.resources.embedded_postgres import EmbeddedPostgres
+
+    private = Path(tempfile.mkdtemp(prefix="private-", dir=session_home))  # mode 700
+    shared = Path(tempfile.mkdtemp(prefix="server-tmp-", dir=session_home))
+    shared.chmod(0o755)
+    monkeypatch.setenv("AEP_ASSETS_SERVER_TMP", str(shared))
+    server = EmbeddedPostgres(private / "home" / "postgres")
+    try:
+        address = server.ensure_running()
+        assert server.data_dir.is_relative_to(shared) and (server.data_dir / "PG_VERSION").exists()
+        with psycopg.connect(address.conninfo, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (x int)")
+        server.stop()
+        again = EmbeddedPostgres(private / "home" / "postgres")  # a later process: same data
+        with psycopg.connect(again.ensure_running().conninfo, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM kept").fetchone()[0] == 0
+    finally:
+        server.stop()
 
 
 def test_create_table_as_replaces_and_keeps_the_dataset(platform):

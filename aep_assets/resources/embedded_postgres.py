@@ -9,16 +9,20 @@ pg_ctl refuse root.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+
+log = logging.getLogger(__name__)
 
 SUPERUSER = "aep"
 DATABASE = "aep"
@@ -100,14 +104,33 @@ def _free_port() -> int:
 
 
 class EmbeddedPostgres:
-    """The server in `root` (e.g. `$AEP_ASSETS_HOME/postgres`): data in `data/`, log in `server.log`."""
+    """The server in `root` (e.g. `$AEP_ASSETS_HOME/postgres`): data in `data/`, log in `server.log`.
+
+    As root, the server runs as an unprivileged user that must reach those files. When `root` lies
+    under a folder it cannot traverse (a `mktemp -d` clone, a home folder with mode 700), the data
+    and log go to a folder of their own under /var/tmp instead, recorded in `root/server_location`.
+    """
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.data_dir = self.root / "data"
-        self.log_file = self.root / "server.log"
         self.lock_file = self.root / "server.lock"
         self.port_file = self.root / "port"
+        self.location_file = self.root / "server_location"
+
+    @property
+    def server_dir(self) -> Path:
+        """Where the server's own files (data, log) are."""
+        if self.location_file.exists():
+            return Path(self.location_file.read_text().strip())
+        return self.root
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server_dir / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.server_dir / "server.log"
 
     # --- public -------------------------------------------------------------------------------
     def ensure_running(self, database: str = DATABASE) -> ServerAddress:
@@ -192,22 +215,34 @@ class EmbeddedPostgres:
         user = _server_user()
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir)  # a half-made data dir from an interrupted initdb
+        if user:
+            self._prepare_server_dir(user)
         self.data_dir.mkdir(parents=True)
         if user:
             pw = pwd.getpwnam(user)
-            for path in (self.root, self.data_dir):
-                os.chown(path, pw.pw_uid, pw.pw_gid)
-            self._check_traversable(user)
+            os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
         self._run(bin_dir, "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
                   "--no-locale", "-E", "UTF8", "--no-sync")
 
-    def _check_traversable(self, user: str) -> None:
-        probe = subprocess.run(["test", "-w", str(self.data_dir)], user=user)
-        if probe.returncode != 0:
+    def _prepare_server_dir(self, user: str) -> None:
+        """A folder for the server's files that `user` can write: `root` if it can reach it, otherwise
+        a new folder under /var/tmp (kept across reboots, unlike /tmp), recorded for later starts."""
+        pw = pwd.getpwnam(user)
+        os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        if subprocess.run(["test", "-w", str(self.root)], user=user).returncode == 0:
+            self.location_file.unlink(missing_ok=True)
+            return
+        parent = Path(os.environ.get("AEP_ASSETS_SERVER_TMP", "/var/tmp")) / "aep_assets-postgres"
+        parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        server_dir = Path(tempfile.mkdtemp(prefix="server-", dir=parent))
+        os.chown(server_dir, pw.pw_uid, pw.pw_gid)
+        if subprocess.run(["test", "-w", str(server_dir)], user=user).returncode != 0:
             raise EmbeddedPostgresError(
-                f"the server user {user!r} cannot reach {self.data_dir}: every parent folder must be "
-                "readable and searchable by it (chmod o+x), or set AEP_ASSETS_HOME elsewhere"
-            )
+                f"the server user {user!r} can reach neither {self.root} nor {server_dir}: every parent "
+                "folder must be searchable by it (chmod o+x), or set AEP_ASSETS_HOME elsewhere")
+        self.location_file.write_text(str(server_dir))
+        log.warning("the server user %r cannot reach %s: PostgreSQL's data and log are in %s instead",
+                    user, self.root, server_dir)
 
     def _stop_stale(self, bin_dir: Path) -> None:
         """A server left running on a port we lost track of, or a pid file left by a crash."""
