@@ -260,7 +260,7 @@ def test_event_schema_uses_standard_web_and_direct_marketing_groups(aep, fake):
 
 
 def test_query_service_view_text_is_spark_sql_with_dotted_xdm_paths():
-    text = aep_xdm.flat_view_sql(EXPERIENCE_EVENTS.name, "cmle_experience_events", "acme")
+    text = aep_xdm.flat_view_sql(EXPERIENCE_EVENTS.name, "cmle_experience_events", "acme", "spark")
     assert "_acme.userid AS userid" in text and "web.webPageDetails.URL AS page_url" in text
     assert "_ACP_BATCHID AS _acp_batchid" in text
     parsed = sqlglot.parse_one(text, read="spark")

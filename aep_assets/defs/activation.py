@@ -77,8 +77,9 @@ def audience_activations(context: dg.AssetExecutionContext, platform: Platform, 
     scores = platform.find_dataset_or_fail(PROPENSITY_SCORES.name)
     export_time = datetime.now(timezone.utc)
     rows = []
-    current = {slug(a.name) for a in platform.audiences()}
-    for name, manifest in platform.activate_audiences(platform.audiences(), scores, storage, export_time).items():
+    configured = platform.audiences()
+    current = {slug(a.name) for a in configured}
+    for name, manifest in platform.activate_audiences(configured, scores, storage, export_time).items():
         rows.append({"audience": name, "members": manifest.rows, "path": storage.uri(manifest.prefix)})
         context.log.info(f"activated {name!r}: {manifest.rows} members → {storage.uri(manifest.prefix)}")
     for key in storage.list_keys("cmle/activation"):

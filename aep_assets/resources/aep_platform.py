@@ -689,14 +689,7 @@ class AEPPlatform(Platform):
         """
         log.warning("audience %r: members exported through Query Service by aep_assets, not through an AEP "
                     "destination dataflow (documented limitation)", audience.name)
-        parent = audiences.activation_parent(audience.name)
-        prefix = f"{parent}/exportTime={export_time:%Y%m%d%H%M%S}"
-        manifest = storage.write_table(prefix, self.audience_members(audience, scores), compression="zstd",
-                                       suffix=".parquet")
-        for older in storage.complete_writes(parent):
-            if older.prefix != prefix:
-                storage.delete_prefix(older.prefix)
-        return manifest
+        return self.write_activation(storage, audience, self.audience_members(audience, scores), export_time)
 
 
 class _Clients:

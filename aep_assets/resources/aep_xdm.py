@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from aep_assets.lib import names
+from aep_assets.lib import names, sql
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES, DatasetSpec
 
 PROFILE_CLASS = "https://ns.adobe.com/xdm/context/profile"
@@ -162,7 +162,7 @@ def flat_view_name(table: str) -> str:
     return names.identifier(f"{table}_flat", "Query Service view name")
 
 
-def flat_view_sql(dataset: str, table: str, tenant: str, dialect: str = "spark") -> str:
+def flat_view_sql(dataset: str, table: str, tenant: str, dialect: sql.Dialect) -> str:
     """`CREATE OR REPLACE VIEW {table}_flat`: the flat column names over the XDM dataset.
 
     Query Service reads nested fields with dots (`_acme.userid`, `web.webPageDetails.URL`); PostgreSQL

@@ -217,32 +217,37 @@ class EmbeddedPostgres:
             shutil.rmtree(self.data_dir)  # a half-made data dir from an interrupted initdb
         if user:
             self._prepare_server_dir(user)
-        self.data_dir.mkdir(parents=True)
-        if user:
-            pw = pwd.getpwnam(user)
-            os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
+        else:
+            self.data_dir.mkdir(parents=True)
         self._run(bin_dir, "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
                   "--no-locale", "-E", "UTF8", "--no-sync")
 
     def _prepare_server_dir(self, user: str) -> None:
-        """A folder for the server's files that `user` can write: `root` if it can reach it, otherwise
-        a new folder under /var/tmp (kept across reboots, unlike /tmp), recorded for later starts."""
+        """An empty data folder that `user` owns, in a folder it can write: `root` if it can reach it,
+        else the folder recorded by an earlier start, else a new one under /var/tmp (kept across
+        reboots, unlike /tmp), recorded for later starts."""
         pw = pwd.getpwnam(user)
+
+        def writable(folder: Path) -> bool:
+            return subprocess.run(["test", "-w", str(folder)], user=user).returncode == 0
+
         os.chown(self.root, pw.pw_uid, pw.pw_gid)
-        if subprocess.run(["test", "-w", str(self.root)], user=user).returncode == 0:
+        if writable(self.root):
             self.location_file.unlink(missing_ok=True)
-            return
-        parent = Path(os.environ.get("AEP_ASSETS_SERVER_TMP", "/var/tmp")) / "aep_assets-postgres"
-        parent.mkdir(mode=0o711, parents=True, exist_ok=True)
-        server_dir = Path(tempfile.mkdtemp(prefix="server-", dir=parent))
-        os.chown(server_dir, pw.pw_uid, pw.pw_gid)
-        if subprocess.run(["test", "-w", str(server_dir)], user=user).returncode != 0:
-            raise EmbeddedPostgresError(
-                f"the server user {user!r} can reach neither {self.root} nor {server_dir}: every parent "
-                "folder must be searchable by it (chmod o+x), or set AEP_ASSETS_HOME elsewhere")
-        self.location_file.write_text(str(server_dir))
-        log.warning("the server user %r cannot reach %s: PostgreSQL's data and log are in %s instead",
-                    user, self.root, server_dir)
+        elif not (self.location_file.exists() and self.server_dir.is_dir() and writable(self.server_dir)):
+            parent = Path(os.environ.get("AEP_ASSETS_SERVER_TMP", "/var/tmp")) / "aep_assets-postgres"
+            parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+            server_dir = Path(tempfile.mkdtemp(prefix="server-", dir=parent))
+            os.chown(server_dir, pw.pw_uid, pw.pw_gid)
+            if not writable(server_dir):
+                raise EmbeddedPostgresError(
+                    f"the server user {user!r} can reach neither {self.root} nor {server_dir}: every parent "
+                    "folder must be searchable by it (chmod o+x), or set AEP_ASSETS_HOME elsewhere")
+            self.location_file.write_text(str(server_dir))
+            log.warning("the server user %r cannot reach %s: PostgreSQL's data and log are in %s instead",
+                        user, self.root, server_dir)
+        self.data_dir.mkdir()
+        os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
 
     def _stop_stale(self, bin_dir: Path) -> None:
         """A server left running on a port we lost track of, or a pid file left by a crash."""

@@ -1,8 +1,10 @@
 """`LocalPlatform`: Experience Platform on an embedded PostgreSQL server.
 
 Catalog tables mirror AEP's Catalog service (datasets, batches) and Segmentation (audiences);
-each dataset is a table with a `_acp_batchid` column; Query Service is the same server over the
-PostgreSQL protocol. Bulk data moves as Arrow through ADBC's binary COPY, never row by row.
+each dataset is a table with a `_acp_batchid` column (a dataset with a merge policy also has its
+merged table, one row per profile, kept current by ingestion, as the Profile store is); Query
+Service is the same server over the PostgreSQL protocol. Bulk data moves as Arrow through ADBC's
+binary COPY, never row by row.
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ class LocalPlatform(Platform):
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dataset:{table}",))
             existing = self._dataset_row(conn, "name", spec.name)
             if existing:
-                self._ensure_profile_view(conn, spec, table)
+                self._ensure_merged_table(conn, spec, table)
                 return existing
             conn.execute(f"CREATE TABLE IF NOT EXISTS {names.quoted(table)} ({columns}, _acp_batchid text NOT NULL)")
             if spec.unique_identity:  # record datasets are read per batch; events never are
@@ -166,22 +168,22 @@ class LocalPlatform(Platform):
                 f"INSERT INTO catalog.datasets VALUES (%s, %s, %s, %s, %s, {_NOW_MS})",
                 (secrets.token_hex(12), spec.name, table, psycopg.types.json.Jsonb(xdm), spec.profile_enabled),
             )
-            self._ensure_profile_view(conn, spec, table)
+            self._ensure_merged_table(conn, spec, table)
             return self._dataset_row(conn, "name", spec.name)
 
     @staticmethod
-    def _ensure_profile_view(conn, spec: DatasetSpec, table: str) -> None:
+    def _ensure_merged_table(conn, spec: DatasetSpec, table: str) -> None:
         """For a dataset with a merge policy, the table of its merged records (one per identity) that
         ingestion keeps current, as the Profile store is: reading the latest record per profile is then
         a plain scan, not a window over every record ever ingested. Built from the records once."""
         if spec.merge_by is None:
             return
-        view = names.quoted(_profile_table(table))
-        if conn.execute("SELECT to_regclass(%s)", (view,)).fetchone()[0] is not None:
+        merged = names.quoted(_merged_table(table))
+        if conn.execute("SELECT to_regclass(%s)", (merged,)).fetchone()[0] is not None:
             return
         # Every rescoring rewrites each profile's row: free space on the page lets PostgreSQL update it in
         # place (a HOT update, no new index entry): 100k upserts at 1M rows 0.38-0.49 s instead of 0.65-0.72 s.
-        conn.execute(f"CREATE TABLE {view} (LIKE {names.quoted(table)}, PRIMARY KEY ({names.quoted(spec.identity)})) "
+        conn.execute(f"CREATE TABLE {merged} (LIKE {names.quoted(table)}, PRIMARY KEY ({names.quoted(spec.identity)})) "
                      "WITH (fillfactor = 50)")
         conn.execute(_merge_sql(spec, table))
 
@@ -268,11 +270,13 @@ class LocalPlatform(Platform):
             # Statistics current before the next query, not whenever autovacuum gets to it (the feature SQL's
             # joins depend on them), once a batch adds a tenth of the rows last analyzed, autovacuum's threshold.
             # A merged dataset is read through its merged table, by plain scans: nothing to plan.
-            landed = self.batch(batch_id)
-            analyzed_rows = guard.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
-                                          (names.quoted(dataset.table),)).fetchone()[0]
-            if spec.merge_by is None and (landed.record_count or 0) * 10 >= analyzed_rows:
-                guard.execute(f"ANALYZE {names.quoted(dataset.table)}")
+            landed = Batch(*guard.execute(f"SELECT {_BATCH_COLUMNS} FROM catalog.batches WHERE id = %s",
+                                          (batch_id,)).fetchone())
+            if spec.merge_by is None:
+                analyzed_rows = guard.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
+                                              (names.quoted(dataset.table),)).fetchone()[0]
+                if (landed.record_count or 0) * 10 >= analyzed_rows:
+                    guard.execute(f"ANALYZE {names.quoted(dataset.table)}")
         return landed
 
     @staticmethod
@@ -372,7 +376,7 @@ class LocalPlatform(Platform):
     # --- segmentation -------------------------------------------------------------------------
     def latest_scores(self, scores: Dataset) -> sql.Fragment:
         columns = ", ".join(names.quoted(f.name, "column") for f in PROPENSITY_SCORES.schema)
-        return sql.Fragment(f"SELECT {columns} FROM {names.quoted(_profile_table(scores.table))}")
+        return sql.Fragment(f"SELECT {columns} FROM {names.quoted(_merged_table(scores.table))}")
 
     def upsert_audience(self, name: str, description: str, lower: float, upper: float,
                         scores: Dataset) -> Audience:
@@ -405,7 +409,7 @@ class LocalPlatform(Platform):
         return self.query(audiences.members_sql(self.dialect, latest, audience.lower, audience.upper))
 
     def audience_size(self, audience: Audience, scores: Dataset) -> int:
-        return self.audience_members(audience, scores).num_rows
+        return self.audience_sizes([audience], scores)[audience.name]
 
     def audience_sizes(self, selected: list[Audience], scores: Dataset) -> dict[str, int]:
         if not selected:
@@ -426,17 +430,11 @@ class LocalPlatform(Platform):
         manifests = {}
         for audience in selected:
             inside = pc.and_(pc.greater_equal(propensity, audience.lower), pc.less(propensity, audience.upper))
-            parent = audiences.activation_parent(audience.name)
-            prefix = f"{parent}/exportTime={export_time:%Y%m%d%H%M%S}"
-            manifests[audience.name] = storage.write_table(prefix, latest.filter(inside), compression="zstd",
-                                                           suffix=".parquet")
-            for older in storage.complete_writes(parent):
-                if older.prefix != prefix:
-                    storage.delete_prefix(older.prefix)
+            manifests[audience.name] = self.write_activation(storage, audience, latest.filter(inside), export_time)
         return manifests
 
 
-def _profile_table(table: str) -> str:
+def _merged_table(table: str) -> str:
     return names.identifier(f"{table}__profile", "table name")
 
 
@@ -447,16 +445,16 @@ def _merge_sql(spec: DatasetSpec, table: str, batch_id: str | None = None) -> st
     identity, order = names.quoted(spec.identity, "column"), names.quoted(spec.merge_by, "column")
     columns = [names.quoted(f.name, "column") for f in spec.schema] + ["_acp_batchid"]
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != identity)
-    view = names.quoted(_profile_table(table))
+    merged = names.quoted(_merged_table(table))
     one_per_identity = batch_id is not None and spec.unique_identity
     rows = "TRUE" if batch_id is None else sql.substitute("_acp_batchid = $batch", batch=batch_id)
-    return (f"INSERT INTO {view} ({', '.join(columns)}) "
+    return (f"INSERT INTO {merged} ({', '.join(columns)}) "
             f"SELECT {'' if one_per_identity else f'DISTINCT ON ({identity}) '}{', '.join(columns)} "
             f"FROM {names.quoted(table)} WHERE {rows} "
             # identity order: the primary key's btree fills page by page instead of at random
             f"ORDER BY {identity}{'' if one_per_identity else f', {order} DESC, _acp_batchid DESC'} "
             f"ON CONFLICT ({identity}) DO UPDATE SET {updates} "
-            f"WHERE ({view}.{order}, {view}._acp_batchid) <= (EXCLUDED.{order}, EXCLUDED._acp_batchid)")
+            f"WHERE ({merged}.{order}, {merged}._acp_batchid) <= (EXCLUDED.{order}, EXCLUDED._acp_batchid)")
 
 
 _BATCH_COLUMNS = "id, dataset_id, status, created_ms, completed_ms, record_count, error, idempotency_key"

@@ -153,14 +153,26 @@ class Platform(dg.ConfigurableResource, ABC):
         """The profile view of the scores dataset as a subquery: per profile, its latest score."""
         return audiences.latest_scores(scores.table)
 
-    def audience_sizes(self, audiences: list[Audience], scores: Dataset) -> dict[str, int]:
+    def audience_sizes(self, selected: list[Audience], scores: Dataset) -> dict[str, int]:
         """Sizes of several audiences (implementations may count them in one pass)."""
-        return {audience.name: self.audience_size(audience, scores) for audience in audiences}
+        return {audience.name: self.audience_size(audience, scores) for audience in selected}
 
-    def activate_audiences(self, audiences: list[Audience], scores: Dataset, storage: Storage,
+    def activate_audiences(self, selected: list[Audience], scores: Dataset, storage: Storage,
                            export_time: datetime) -> dict[str, Manifest]:
         """Activate several audiences (implementations may read the scores once for all)."""
-        return {a.name: self.activate_audience(a, scores, storage, export_time) for a in audiences}
+        return {a.name: self.activate_audience(a, scores, storage, export_time) for a in selected}
+
+    @staticmethod
+    def write_activation(storage: Storage, audience: Audience, members: pa.Table, export_time: datetime) -> Manifest:
+        """Members under cmle/activation/{audience}/exportTime=.../; older exports of the audience are
+        removed only once the new one is complete."""
+        parent = audiences.activation_parent(audience.name)
+        prefix = f"{parent}/exportTime={export_time:%Y%m%d%H%M%S}"
+        manifest = storage.write_table(prefix, members, compression="zstd", suffix=".parquet")
+        for older in storage.complete_writes(parent):
+            if older.prefix != prefix:
+                storage.delete_prefix(older.prefix)
+        return manifest
 
     def render(self, name: str, **params: object) -> str:
         """`sql/{name}.sql` in this platform's dialect."""

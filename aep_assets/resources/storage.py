@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -167,25 +168,25 @@ class Storage(dg.ConfigurableResource, ABC):
             raise StorageError(f"no complete export under {self.uri(parent)} (no folder with {MANIFEST})")
         return complete[-1]
 
+    @contextmanager
+    def _downloaded(self, manifest: Manifest) -> Iterator[list[Path]]:
+        """The files of a complete write as local paths, removed afterwards."""
+        with tempfile.TemporaryDirectory(prefix="aep-read-") as tmp:
+            paths = [Path(tmp) / f"{index:05d}.parquet" for index in range(len(manifest.files))]
+            for key, path in zip(manifest.files, paths, strict=True):
+                self.get_file(key, path)
+            yield paths
+
     def read_frame(self, manifest: Manifest, columns: list[str] | None = None) -> pl.DataFrame:
         """Every file of a complete write as one polars frame. polars' own reader: for the 1M-profile
         training export, peak memory 615 MB against 846 MB through an Arrow table."""
-        with tempfile.TemporaryDirectory(prefix="aep-read-") as tmp:
-            paths = []
-            for index, key in enumerate(manifest.files):
-                paths.append(Path(tmp) / f"{index:05d}.parquet")
-                self.get_file(key, paths[-1])
+        with self._downloaded(manifest) as paths:
             return pl.read_parquet(paths, columns=columns)
 
     def read_table(self, manifest: Manifest, columns: list[str] | None = None) -> pa.Table:
         """Every file of a complete write as one Arrow table."""
-        with tempfile.TemporaryDirectory(prefix="aep-read-") as tmp:
-            tables = []
-            for index, key in enumerate(manifest.files):
-                path = Path(tmp) / f"{index:05d}.parquet"
-                self.get_file(key, path)
-                tables.append(pq.read_table(path, columns=columns))
-            return pa.concat_tables(tables)
+        with self._downloaded(manifest) as paths:
+            return pa.concat_tables([pq.read_table(path, columns=columns) for path in paths])
 
 
 class LocalStorage(Storage):
