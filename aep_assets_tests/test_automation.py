@@ -87,7 +87,6 @@ def test_a_tick_is_bounded_and_the_rest_waits(sensor_setup, tmp_path):
     assert [r.run_key for r in second.run_requests] == ids[MAX_BATCHES_PER_TICK:]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("promoted", [True, False])
 def test_a_promotion_rescores_every_batch_once_and_a_kept_champion_nothing(promoted):
     """champion_promoted_sensor on a real training-job run: a stand-in propensity_model reports the
@@ -129,6 +128,7 @@ def test_a_promotion_rescores_every_batch_once_and_a_kept_champion_nothing(promo
         assert isinstance(champion_promoted_sensor(stale), dg.SkipReason)
 
 
+@pytest.mark.slow
 def test_the_daemon_rescores_a_landed_batch_by_itself(monkeypatch):
     """make run's state, a running dagster-daemon, then simulate_profile_batch_job: the sensor's run
     scores the new profiles, ingests them and refreshes the audiences with nobody clicking."""

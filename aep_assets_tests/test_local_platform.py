@@ -145,10 +145,11 @@ def test_a_home_the_server_user_cannot_reach_gets_its_server_files_elsewhere(ses
         assert server.data_dir.is_relative_to(shared) and (server.data_dir / "PG_VERSION").exists()
         with psycopg.connect(address.conninfo, autocommit=True) as conn:
             conn.execute("CREATE TABLE kept (x int)")
+            conn.execute("INSERT INTO kept VALUES (1)")
         server.stop()
         again = EmbeddedPostgres(private / "home" / "postgres")  # a later process: same data
         with psycopg.connect(again.ensure_running().conninfo, autocommit=True) as conn:
-            assert conn.execute("SELECT count(*) FROM kept").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM kept").fetchone()[0] == 1
     finally:
         server.stop()
 
