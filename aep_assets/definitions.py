@@ -27,7 +27,8 @@ ASSETS = [
 
 
 def production_executor():
-    """AEP_ASSETS_EXECUTOR=k8s: each step in its own Kubernetes Job (deploy/k8s_executor.yaml)."""
+    """AEP_ASSETS_EXECUTOR=k8s: each step in its own Kubernetes Job (deploy/k8s_executor.yaml), for every
+    job that does not set its own executor (rescore_profile_batch_job runs in process)."""
     if os.environ.get("AEP_ASSETS_EXECUTOR", "").strip().lower() != "k8s":
         return None
     import yaml

@@ -34,7 +34,8 @@ rescore_profile_batch_job = dg.define_asset_job(
     partitions_def=profile_batches,
     # A chain of five short steps: in one process a sensor-launched run loads Python, Dagster, the code
     # and the model once instead of once per step (each load costs seconds, the 10k-batch work about 5 s).
-    # Pools still apply: the in-process executor claims the instance's concurrency slots too.
+    # Pools still apply: the in-process executor claims the instance's concurrency slots too. This also
+    # overrides AEP_ASSETS_EXECUTOR=k8s: the steps share the run's pod.
     executor_def=dg.in_process_executor,
     description="Score one profile batch (or a range, in one run) with the champion, ingest the scores, "
                 "then refresh the audiences and their activation.")
