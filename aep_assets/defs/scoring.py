@@ -89,7 +89,7 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
     feature_table = platform.find_dataset_or_fail(SCORING_DATASET)
     profiles = platform.find_dataset_or_fail(PROFILES.name)
     scored_at = datetime.now(timezone.utc).replace(microsecond=0)
-    summaries, all_scores, invalid, drift = [], [], {}, {}
+    summaries, all_scores, checked, invalid, drift = [], [], [], {}, {}
     profiles_in_batch = profiles_per_batch(platform, profiles.table, context.partition_keys)
     for key in context.partition_keys:
         frame = pl.from_arrow(platform.query(platform.render(
@@ -106,6 +106,7 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
             "profile_batch": pa.repeat(pa.scalar(key), frame.height).cast(pa.string()),
         })
         problems = modeling.score_problems(scores, profiles_in_batch[key])
+        checked.append(propensity)
         if problems:  # never written, so the ingestion downstream cannot pick them up
             invalid[key] = problems
             continue
@@ -137,14 +138,19 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
         check_name="propensity_scores_valid", passed=not invalid,
         description="; ".join(f"batch {k}: {', '.join(v)}" for k, v in invalid.items()) or
         f"{values.size} scores in [0, 1], one per profile, no nulls",
-        metadata={"min": float(values.min()) if values.size else 0.0,
-                  "max": float(values.max()) if values.size else 0.0})
+        metadata=_range_of(np.concatenate(checked) if checked else np.empty(0)))
     drifted = {k: v for k, v in drift.items() if v > PSI_WARNING}
     yield dg.AssetCheckResult(
         check_name="propensity_scores_drift", passed=not drifted, severity=dg.AssetCheckSeverity.WARN,
         description=(f"PSI above {PSI_WARNING} for {drifted}" if drifted else
                      f"PSI vs the previous scoring: {drift}" if drift else "first scoring of these batches"),
         metadata={"psi": dg.MetadataValue.json(drift)})
+
+
+def _range_of(values: np.ndarray) -> dict[str, float]:
+    """Min and max of every score checked, the invalid ones included (where a failure shows)."""
+    finite = values[~np.isnan(values)]
+    return {"min": float(finite.min()) if finite.size else 0.0, "max": float(finite.max()) if finite.size else 0.0}
 
 
 def profiles_per_batch(platform: Platform, profiles_table: str, keys: list[str]) -> dict[str, int]:
