@@ -611,7 +611,7 @@ def run_probes(defs, instance, home: Path, sampler: TreeMemorySampler) -> dict:
     """Every probe on the data the pipeline just produced, on the same (now warm) server."""
     from aep_assets.defs.features import TRAINING_DATASET
     from aep_assets.defs.synthetic import source_folder
-    from aep_assets.lib import features, sql
+    from aep_assets.lib import features
     from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
 
     platform, storage, tracking = (defs.resources[k] for k in ("platform", "storage", "mlflow_tracking"))
@@ -623,12 +623,10 @@ def run_probes(defs, instance, home: Path, sampler: TreeMemorySampler) -> dict:
     training_meta = metadata(instance, "training_features")
     window = features.Window(datetime.fromisoformat(training_meta["cutoff"]),
                              datetime.fromisoformat(training_meta["horizon_end"]))
-    # The scoring features of every profile, without the asset's batch filter and replace.
-    all_profiles = sql.transpile(sql.substitute(
-        sql.load("scoring_features"),
-        user_features=features._user_features(events.table, profiles.table,
-                                              datetime.now(timezone.utc).replace(microsecond=0), "TRUE")),
-        platform.dialect)
+    # The asset's scoring SELECT over every profile batch, without the replace into the dataset.
+    all_profiles = features.scoring_sql(platform.dialect, events.table, profiles.table,
+                                        datetime.now(timezone.utc).replace(microsecond=0),
+                                        instance.get_dynamic_partitions("profile_batches"))
     score_files = [Path(storage.uri(key)) for key in storage.list_keys("cmle/ingress") if key.endswith(".parquet")]
 
     def ingestion() -> dict:

@@ -1,5 +1,5 @@
 -- One row per profile not converted before the cutoff: features as of the cutoff and the label,
--- a web.formFilledOut inside (cutoff, horizon_end]. Unlike the reference, no positive is
+-- a web.formFilledOut inside [cutoff, horizon_end]. Unlike the reference, no positive is
 -- featurized at its own conversion row and "ever converted" is bounded by the horizon.
 SELECT
     f.*,

@@ -32,7 +32,8 @@ class ModelConfig(dg.Config):
     algorithm: str = Field(default="hist_gradient_boosting",
                            description="hist_gradient_boosting | random_forest | logistic_regression")
     seed: int = 42
-    max_trials: int = Field(default=4, description="Random-search trials (trial 0: library defaults).")
+    max_trials: int = Field(default=modeling.TrainingSettings.max_trials,
+                            description="Random-search trials (trial 0: library defaults).")
     time_budget_seconds: float = Field(default=120.0, description="Search stops after this, whatever the trials.")
     auc_floor: float = Field(default=0.70, description="Gate: minimum test ROC AUC.")
     max_oracle_gap: float = Field(default=0.02, description="Gate: oracle AUC minus model AUC at most this.")

@@ -52,9 +52,7 @@ def scoring_sql(dialect: sql.Dialect, events: str, profiles: str, as_of: datetim
                 profile_batches: Sequence[str]) -> str:
     """Features as of `as_of` of the profiles of some profile batches, one statement for all of them."""
     profile_filter = Fragment(sql.substitute("p._acp_batchid IN $batches", batches=list(profile_batches)))
-    text = sql.substitute(sql.load("scoring_features"),
-                          user_features=_user_features(events, profiles, as_of, profile_filter))
-    return sql.transpile(text, dialect)
+    return sql.transpile(_user_features(events, profiles, as_of, profile_filter), dialect)
 
 
 def feature_columns(columns: Sequence[str]) -> list[str]:

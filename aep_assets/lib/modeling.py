@@ -139,12 +139,12 @@ def train(frame: pl.DataFrame, settings: TrainingSettings) -> TrainedModel:
     if len(np.unique(labels)) < 2:
         raise ValueError(f"the training table has a single label value ({labels[:1]}): nothing to learn")
     test = is_held_out(frame[ID_COLUMN], settings.test_fraction)
-    # Each side straight from the frame: a full matrix and its two fancy-indexed copies cost 400 MB at 1M.
-    x_train, x_test = (matrix(frame.filter(pl.Series(side)), features) for side in (~test, test))
     y_train, y_test = labels[~test], labels[test]
-    ids_test = frame[ID_COLUMN].filter(pl.Series(test)).to_numpy()
     if len(np.unique(y_test)) < 2 or len(np.unique(y_train)) < 2:
         raise ValueError(f"too few positives ({int(labels.sum())}) to split {len(labels)} rows for training")
+    # Each side straight from the frame: a full matrix and its two fancy-indexed copies cost 400 MB at 1M.
+    x_train, x_test = (matrix(frame.filter(pl.Series(side)), features) for side in (~test, test))
+    ids_test = frame[ID_COLUMN].filter(pl.Series(test)).to_numpy()
     # The search compares settings on at most SEARCH_ROWS rows: at 1M profiles a trial on every row
     # cost ~11 s (4 trials: 45 s of a 130 s step). The final fit uses all training rows.
     search_rows = min(len(y_train), SEARCH_ROWS)

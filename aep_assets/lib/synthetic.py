@@ -220,7 +220,6 @@ class SyntheticConfig:
         return max(1, base + (extra > 0))
 
 
-
 @dataclass
 class SyntheticData:
     """Profiles, their events and the generator's ground truth (evaluation only, never ingested)."""
@@ -507,7 +506,7 @@ def _clamp_scan(first: np.ndarray, start: np.ndarray, delta: np.ndarray, low: in
 
 # --- ground truth -------------------------------------------------------------------------------
 
-_ORACLE_UNITS_PER_CHUNK = 1 << 13  # draws per chunk (about 3.8 units each after the splits: cache-sized)
+_ORACLE_DRAWS_PER_CHUNK = 1 << 13  # draws per chunk (about 3.8 units each after the splits: cache-sized)
 _SPLIT_MIN = 0.05  # a binary event splits a unit in two when its rarer outcome has at least this chance
 
 
@@ -611,7 +610,7 @@ def _oracle(clock: _Clock, n: int, draws: int, user, code, time_us, level, activ
     past = _Past(clock, n, user, code, time_us, level, active)
     anchors = {p: _Anchors(past, clock, p, kids, weeks) for p, kids in _KIDS.items()}
     out = np.full(n, np.nan)
-    per_chunk = max(1, _ORACLE_UNITS_PER_CHUNK // draws)
+    per_chunk = max(1, _ORACLE_DRAWS_PER_CHUNK // draws)
     for lo in range(0, past.n, per_chunk):
         ranks = np.arange(lo, min(lo + per_chunk, past.n))
         out[past.users[ranks]] = _oracle_chunk(clock, weeks, draws, past, anchors, ranks, rng)
