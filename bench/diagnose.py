@@ -14,8 +14,8 @@ Sections (default: all but the last two, which are slower or add scores to the h
   two batches at once) against one at a time, the index built after the load, an unlogged table
   without index (the limit) and rows in time order instead of the files' (userid, time) order; one
   ANALYZE of the events (the product runs one after each initial batch);
-- sql: the training CTAS as the product runs it (logged; server settings jit off, random_page_cost 1.1),
-  its count and ANALYZE, its plan, against unlogged, serial, JIT on and random_page_cost 4; the
+- sql: the training CTAS as the product runs it (logged; random_page_cost 1.1), its count and
+  ANALYZE, its plan, against unlogged, serial, JIT on (where the server has JIT) and random_page_cost 4; the
   converted-before count of the row-count check;
 - sql_variants: the training SELECT without nested loops, with more work_mem, with sort aggregation,
   and on a copy of the events stored in one global (userid, timestamp) order;
@@ -33,8 +33,8 @@ Sections (default: all but the last two, which are slower or add scores to the h
   window over every score record (reach, sizes, activation's read), the activation cut and writes,
   and the merge upsert of one scores batch with the product's fillfactor 50 and with 100;
 - incremental (optional): cProfile of a single-partition rescore of the newest profile batch;
-- openmp (optional): sklearn's OpenMP settings (libgomp's default wait, the product's
-  OMP_WAIT_POLICY=PASSIVE, one thread) alone and beside one CPU-bound process.
+- openmp (optional): sklearn's OpenMP settings (libgomp's default wait, the product's setting;
+  OMP_WAIT_POLICY=PASSIVE; one thread) alone and beside one CPU-bound process.
 
 Prints one line per measurement and, as the last line, all of them as JSON. Stops the server at the end
 (the home is left in place; delete it yourself).
@@ -214,8 +214,11 @@ def feature_sql(platform, training_meta: dict) -> None:
     note("feature_sql.analyze_s", execute(platform, "ANALYZE diag_training"))
     execute(platform, "DROP TABLE IF EXISTS diag_training")
     note("feature_sql.unlogged_ctas_s", ctas(platform, text))
-    for name, setting in (("jit_on", "SET jit = on"), ("random_page_cost_4", "SET random_page_cost = 4"),
-                          ("serial", "SET max_parallel_workers_per_gather = 0")):
+    variants = [("random_page_cost_4", "SET random_page_cost = 4"),
+                ("serial", "SET max_parallel_workers_per_gather = 0")]
+    if platform.query("SELECT pg_jit_available() AS jit")["jit"][0].as_py():  # a JIT provider, and jit on
+        variants.append(("jit_on", "SET jit = on"))
+    for name, setting in variants:
         note(f"feature_sql.unlogged_ctas_{name}_s", ctas(platform, text, setting))
     note("feature_sql.plan", plan(platform, text))
     note("feature_sql.plan_random_page_cost_4", plan(platform, text, "SET random_page_cost = 4"))
@@ -378,12 +381,9 @@ def training(platform, storage) -> None:
         note("training.one_fit_one_thread_s", clock(estimator.fit, x_train, y_train)[0])
 
 
-# sklearn is imported before aep_assets: libgomp reads OMP_* when it loads, and aep_assets' import sets
-# OMP_WAIT_POLICY=PASSIVE when it is unset, which would hide libgomp's default.
 OPENMP_PROBE = """
 import sys, time
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
 from aep_assets.lib import modeling
 data = np.load(sys.argv[1])
 estimator = modeling.build_estimator("hist_gradient_boosting", eval(sys.argv[2]), 42)
@@ -398,7 +398,7 @@ print(round(fit, 3), round(time.perf_counter() - started, 3))
 
 def openmp(platform, storage) -> None:
     """sklearn's OpenMP threads on a shared 2-core machine, in fresh processes: libgomp's default wait
-    policy, the product's OMP_WAIT_POLICY=PASSIVE and one thread; alone, then beside one CPU-bound process
+    policy (the product's), OMP_WAIT_POLICY=PASSIVE and one thread; alone, then beside one CPU-bound process
     of ours (a controlled stand-in for a colleague's job on the other core)."""
     import subprocess
 
@@ -568,28 +568,22 @@ def main(argv: list[str] | None = None) -> int:
                                 "current_setting('random_page_cost') AS random_page_cost, "
                                 "current_setting('server_version') AS version")
         note("server", {name: server[name][0].as_py() for name in server.column_names})
-        if "generation" in wanted:
-            generation(n_profiles)
-        if "ingestion" in wanted:
-            ingestion(platform, source_folder())
-        if "sql" in wanted:
-            feature_sql(platform, training_meta)
-        if "sql_variants" in wanted:
-            feature_sql_variants(platform, training_meta)
-        if "eda" in wanted:
-            eda(platform)
-        if "scoring_features" in wanted:
-            scoring_features(platform)
-        if "training" in wanted:
-            training(platform, storage)
-        if "scoring" in wanted:
-            scoring(platform, tracking)
-        if "audiences" in wanted:
-            audiences(platform)
-        if "incremental" in wanted:
-            incremental(platform)
-        if "openmp" in wanted:
-            openmp(platform, storage)
+        run = {
+            "generation": lambda: generation(n_profiles),
+            "ingestion": lambda: ingestion(platform, source_folder()),
+            "sql": lambda: feature_sql(platform, training_meta),
+            "sql_variants": lambda: feature_sql_variants(platform, training_meta),
+            "eda": lambda: eda(platform),
+            "scoring_features": lambda: scoring_features(platform),
+            "training": lambda: training(platform, storage),
+            "scoring": lambda: scoring(platform, tracking),
+            "audiences": lambda: audiences(platform),
+            "incremental": lambda: incremental(platform),
+            "openmp": lambda: openmp(platform, storage),
+        }
+        for section in SECTIONS:  # in this order, whatever the order of --only
+            if section in wanted:
+                run[section]()
     finally:
         EmbeddedPostgres(args.home / "postgres").stop()
     note("load_average_end", [round(x, 2) for x in os.getloadavg()])

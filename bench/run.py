@@ -210,12 +210,9 @@ def step_windows(instance, run_ids: list[str]) -> list[dict]:
 
 
 def metadata(instance, key: str) -> dict:
-    import dagster as dg
+    from aep_assets.main import latest_metadata
 
-    record = instance.get_latest_materialization_event(dg.AssetKey(key))
-    if record is None:
-        return {}
-    return {name: value.value for name, value in record.asset_materialization.metadata.items()}
+    return latest_metadata(instance, key)
 
 
 # --- probes: what each stage must physically do, without the pipeline --------------------------------
@@ -726,7 +723,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({"AEP_ASSETS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
                        "AEP_ASSETS_PROFILES": str(args.profiles), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
     os.environ.pop("AEP_ASSETS_ENV", None)  # the benchmark is of the embedded platform
-    os.environ.pop("AEP_ASSETS_S3_BUCKET", None)
+    for variable in ("AEP_ASSETS_S3_BUCKET", "MLFLOW_TRACKING_URI", "MLFLOW_ARTIFACT_LOCATION"):
+        os.environ.pop(variable, None)  # local storage and MLflow store in the fresh home, nobody's registry
     load_before = [round(x, 2) for x in os.getloadavg()]
     sampler = TreeMemorySampler(home / "postgres" / "data")
     sampler.start()
