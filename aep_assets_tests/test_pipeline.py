@@ -177,3 +177,19 @@ def test_full_rescore_schedule_requests_every_batch_in_one_run(pipeline):
     assert request.tags[RANGE_START] == keys[0] and request.tags[RANGE_END] == keys[-1]
     retrain = pipeline["defs"].get_schedule_def("retrain_propensity_model_schedule")
     assert retrain.cron_schedule == "0 3 * * 1" and retrain.job_name == "train_propensity_model_job"
+
+
+def test_an_audience_removed_from_the_config_is_deleted_with_its_exports(pipeline):
+    """Last in this module: it changes the shared run's audiences."""
+    from aep_assets.defs.activation import audience_activations, propensity_audiences
+
+    storage, platform = pipeline["resources"]["storage"], pipeline["resources"]["platform"]
+    kept = {"name": "Propensity - high", "lower": 0.12, "upper": 1.0}
+    result = dg.materialize([propensity_audiences, audience_activations], instance=pipeline["instance"],
+                            resources=pipeline["resources"],
+                            run_config={"ops": {"propensity_audiences": {"config": {"intervals": [kept]}}}})
+    assert result.success
+    assert [a.name for a in platform.audiences()] == ["Propensity - high"]
+    folders = {p.name for p in storage.root_path.glob("cmle/activation/*")}
+    assert folders == {"propensity-high"}
+    assert len(list(storage.root_path.glob("cmle/activation/propensity-high/exportTime=*/_manifest.json"))) == 1

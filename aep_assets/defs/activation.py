@@ -82,9 +82,8 @@ def audience_activations(context: dg.AssetExecutionContext, platform: Platform, 
     for name, manifest in platform.activate_audiences(configured, scores, storage, export_time).items():
         rows.append({"audience": name, "members": manifest.rows, "path": storage.uri(manifest.prefix)})
         context.log.info(f"activated {name!r}: {manifest.rows} members → {storage.uri(manifest.prefix)}")
-    for key in storage.list_keys("cmle/activation"):
-        if key.split("/")[2] not in current:  # audiences that were deleted
-            storage.delete_prefix("/".join(key.split("/")[:3]))
+    for deleted in {key.split("/")[2] for key in storage.list_keys("cmle/activation")} - current:
+        storage.delete_prefix(f"cmle/activation/{deleted}")  # the exports of audiences no longer configured
     return dg.MaterializeResult(metadata={
         "activations": table(pl.DataFrame(rows)), "dagster/row_count": sum(r["members"] for r in rows),
         "destination": dg.MetadataValue.path(storage.uri("cmle/activation"))})

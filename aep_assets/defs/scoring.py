@@ -1,11 +1,9 @@
 """Per profile batch: current features, champion scores in cloud storage, scores ingested back."""
 
 import json
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -179,12 +177,7 @@ def aep_propensity_scores(context: dg.AssetExecutionContext, platform: Platform,
 
     def land(key: str) -> dict:
         manifest = storage.latest_complete(scores_parent(dataset.id, key))
-        with tempfile.TemporaryDirectory(prefix="aep-scores-") as tmp:
-            paths = []
-            for index, file_key in enumerate(manifest.files):
-                path = Path(tmp) / f"part-{index:05d}.parquet"
-                storage.get_file(file_key, path)
-                paths.append(path)
+        with storage.downloaded(manifest) as paths:
             digest = "-".join(file_digest(p) for p in paths)
             started = time.monotonic()
             batch = platform.ingest_batch(dataset, PROPENSITY_SCORES, paths, idempotency_key=digest)
