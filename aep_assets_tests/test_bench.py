@@ -42,11 +42,22 @@ def test_bench_runs_end_to_end_and_reports_every_stage(tmp_path):
     assert 0.0 <= result["model_auc"] <= 1.0
     assert isinstance(result["oracle_auc"], float) and 0.0 <= result["oracle_auc"] <= 1.0
     for stage in STAGES:
+        # Raw durations (never rounded): real work measured on a nanosecond clock is never 0, however
+        # fast the machine; a 0 would mean a probe that measured nothing.
         figures = result["stages"][stage]
-        assert figures["seconds"] > 0, stage
-        assert figures["rows_per_s"] > 0, stage
-        assert figures["limit_seconds"] is not None and figures["limit_seconds"] > 0, stage
+        assert isinstance(figures["seconds"], float) and figures["seconds"] > 0, stage
+        assert isinstance(figures["limit_seconds"], float) and figures["limit_seconds"] > 0, stage
+        assert figures["rows"] > 0, stage
+        assert figures["rows_per_s"] == pytest.approx(figures["rows"] / figures["seconds"]), stage
+        assert figures["ratio"] == pytest.approx(figures["seconds"] / figures["limit_seconds"]), stage
+        assert result["probes"][stage]["seconds"] == figures["limit_seconds"], stage
     assert result["incremental"]["profiles"] == 500
+    # the printed table rounds, but never a measured time down to nothing
+    rows = {line.split()[0]: line.split() for line in completed.stdout.splitlines() if line.split()[:1] in
+            [[stage] for stage in STAGES]}
+    assert set(rows) == set(STAGES)
+    for stage, columns in rows.items():
+        assert float(columns[1]) > 0 and float(columns[4]) > 0, (stage, columns)
 
     # the temporary home is gone and its embedded server is stopped
     home = result["home"]

@@ -23,6 +23,8 @@ What it does, in one process, like `make run`:
 
 Output: a readable table, then as the LAST line one JSON object (profiles, events, total_s,
 peak_rss_mb, model_auc, oracle_auc, incremental_s, stages -> {seconds, rows_per_s, limit_seconds}, ...).
+Every duration in the JSON is the raw measurement in seconds (perf_counter or the event log's
+timestamps), never rounded: a probe that takes 3 ms is 0.003..., not 0.0. Only the table rounds.
 
     python bench/run.py --profiles 100000 [--output bench/results/100k.txt] [--keep]
 """
@@ -188,7 +190,7 @@ def timed(into: dict, name: str):
     try:
         yield
     finally:
-        into[name] = round(time.perf_counter() - started, 3)
+        into[name] = time.perf_counter() - started
 
 
 def step_windows(instance, run_ids: list[str]) -> list[dict]:
@@ -249,8 +251,7 @@ def copy_files_unlogged(platform, like_table: str, files: list[Path], table: str
                 rows += data.num_rows
     finally:
         sql_execute(platform, f'DROP TABLE IF EXISTS "{table}"')
-    return {"seconds": round(parts["read_s"] + parts["copy_s"], 3), "rows": rows,
-            **{k: round(v, 3) for k, v in parts.items()}}
+    return {"seconds": parts["read_s"] + parts["copy_s"], "rows": rows, **parts}
 
 
 def probe_generation(profile_files: list[Path], event_files: list[Path], scratch: Path) -> dict:
@@ -330,8 +331,7 @@ def probe_generation(profile_files: list[Path], event_files: list[Path], scratch
             pq.write_table(events, scratch / f"events-{index}.parquet", compression="zstd")
             write_s += time.perf_counter() - started
             del profiles, events
-        result[variant] = {"build_s": round(build_s, 3), "write_s": round(write_s, 3),
-                           "seconds": round(build_s + write_s, 3)}
+        result[variant] = {"build_s": build_s, "write_s": write_s, "seconds": build_s + write_s}
     shutil.rmtree(scratch, ignore_errors=True)
     return {"seconds": result["plain"]["seconds"], **result}
 
@@ -345,7 +345,7 @@ def probe_ctas(platform, select: str, table: str = "bench_probe_ctas") -> dict:
     with platform.connect() as conn:
         rows = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
     sql_execute(platform, f'DROP TABLE IF EXISTS "{table}"')
-    return {"seconds": round(seconds, 3), "rows": rows}
+    return {"seconds": seconds, "rows": rows}
 
 
 def probe_export(platform, table: str, scratch: Path) -> dict:
@@ -366,7 +366,7 @@ def probe_export(platform, table: str, scratch: Path) -> dict:
     with timed(parts, "write_zstd_s"):
         pq.write_table(data, scratch / "export.zstd.parquet", compression="zstd")
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"seconds": round(parts["fetch_s"] + parts["write_gzip1_s"], 3), "rows": data.num_rows, **parts}
+    return {"seconds": parts["fetch_s"] + parts["write_gzip1_s"], "rows": data.num_rows, **parts}
 
 
 def probe_training(storage, platform, trials: list[dict]) -> dict:
@@ -430,8 +430,8 @@ def probe_scoring(platform, tracking, scratch: Path) -> dict:
         pq.write_table(scores, scratch / "scores.parquet", compression="zstd")
     shutil.rmtree(scratch, ignore_errors=True)
     predict = min(parts["predict_s"], parts["predict_one_thread_s"])
-    return {"seconds": round(predict, 3), "rows": len(propensity),
-            "with_io_s": round(parts["fetch_s"] + parts["matrix_s"] + predict + parts["write_s"], 3), **parts}
+    return {"seconds": predict, "rows": len(propensity),
+            "with_io_s": parts["fetch_s"] + parts["matrix_s"] + predict + parts["write_s"], **parts}
 
 
 def probe_audiences(platform) -> dict:
@@ -468,7 +468,7 @@ def probe_activation(platform, scratch: Path) -> dict:
             members += chosen.num_rows
             pq.write_table(chosen, scratch / f"audience-{index}.parquet", compression="zstd")
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"seconds": round(parts["query_s"] + parts["cut_and_write_s"], 3), "rows": members, **parts}
+    return {"seconds": parts["query_s"] + parts["cut_and_write_s"], "rows": members, **parts}
 
 
 def probe_eda(platform) -> dict:
@@ -480,7 +480,7 @@ def probe_eda(platform) -> dict:
     events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name).table
     started = time.perf_counter()
     pairs = platform.query(f'SELECT event_type, userid, count(*) AS events FROM "{events}" GROUP BY 1, 2')
-    return {"seconds": round(time.perf_counter() - started, 3), "rows": pairs.num_rows}
+    return {"seconds": time.perf_counter() - started, "rows": pairs.num_rows}
 
 
 # --- the benchmark -----------------------------------------------------------------------------------
@@ -556,17 +556,16 @@ def run_incremental(defs, instance, batch_profiles: int, sampler: TreeMemorySamp
         instance=instance, partition_key=key, raise_on_error=True)
     rescore_s = time.time() - started
     steps = step_windows(instance, [result.run_id])
-    per_step = {s["step"]: round(s["end"] - s["start"], 3) for s in steps}
+    per_step = {s["step"]: s["end"] - s["start"] for s in steps}
     rss, pss = sampler.peak(started, started + rescore_s)
     # The same rescore as the sensor's run would do it: a fresh process that imports everything first
     # (the daemon launches each run in its own process). Same partition again: the same work.
     started = time.time()
     subprocess.run([sys.executable, "-c", COLD_RESCORE, key], env=os.environ, check=True, capture_output=True)
     cold_s = time.time() - started
-    return {"profiles": batch_profiles, "partition_key": key, "land_s": round(land_s, 3),
-            "rescore_s": round(rescore_s, 3), "steps": per_step,
-            "outside_steps_s": round(rescore_s - sum(per_step.values()), 3),
-            "peak_rss_mb": round(rss), "peak_pss_mb": round(pss), "rescore_fresh_process_s": round(cold_s, 3)}
+    return {"profiles": batch_profiles, "partition_key": key, "land_s": land_s,
+            "rescore_s": rescore_s, "steps": per_step, "outside_steps_s": rescore_s - sum(per_step.values()),
+            "peak_rss_mb": round(rss), "peak_pss_mb": round(pss), "rescore_fresh_process_s": cold_s}
 
 
 COLD_RESCORE = """
@@ -629,7 +628,7 @@ def run_probes(defs, instance, home: Path, sampler: TreeMemorySampler) -> dict:
     def ingestion() -> dict:
         events_copy = copy_files_unlogged(platform, events.table, folder.files("events"))
         profiles_copy = copy_files_unlogged(platform, profiles.table, folder.files("profiles"))
-        return {"seconds": round(events_copy["seconds"] + profiles_copy["seconds"], 3),
+        return {"seconds": events_copy["seconds"] + profiles_copy["seconds"],
                 "rows": events_copy["rows"] + profiles_copy["rows"], "events": events_copy,
                 "profiles": profiles_copy}
 
@@ -650,6 +649,11 @@ def run_probes(defs, instance, home: Path, sampler: TreeMemorySampler) -> dict:
     return {stage: best_of(sampler, probe, *args) for stage, (probe, *args) in plan.items()}
 
 
+def seconds_text(seconds: float) -> str:
+    """Seconds for the table: the JSON keeps the raw figure; a probe of a few ms must not print as 0.00."""
+    return f"{seconds:.2f}" if seconds >= 0.1 else f"{seconds:.2g}"
+
+
 def render_table(result: dict) -> str:
     lines = [
         f"aep_assets benchmark at {result['commit']}"
@@ -668,10 +672,9 @@ def render_table(result: dict) -> str:
         f"{'peak RSS MB':>13}{'PSS MB':>8}{'py PSS':>8}{'cores':>7}{'others':>7}  limit probe",
     ]
     for name, stage in result["stages"].items():
-        ratio = stage["ratio"] if stage.get("ratio") is not None else float("nan")
         lines.append(
-            f"{name:<17}{stage['seconds']:>9.2f}{stage['rows']:>13,}{stage['rows_per_s']:>12,}"
-            f"{stage['limit_seconds'] or float('nan'):>9.2f}{ratio:>7.1f}x{stage['peak_rss_mb']:>13,}"
+            f"{name:<17}{seconds_text(stage['seconds']):>9}{stage['rows']:>13,}{round(stage['rows_per_s']):>12,}"
+            f"{seconds_text(stage['limit_seconds']):>9}{stage['ratio']:>7.1f}x{stage['peak_rss_mb']:>13,}"
             f"{stage['peak_pss_mb']:>8,}{stage['python_pss_mb']:>8,}{stage['cores_used']:>7.2f}"
             f"{stage['other_cores']:>7.2f}  {stage['limit']}")
     lines.append("RSS/PSS: whole tree incl. PostgreSQL (RSS counts shared buffers once per process, PSS splits "
@@ -680,7 +683,7 @@ def render_table(result: dict) -> str:
     inc = result["incremental"]
     lines += ["", f"incremental: land {inc['profiles']:,} profiles {inc['land_s']:.1f} s, then rescore that "
                   f"partition {inc['rescore_s']:.1f} s (peak RSS {inc['peak_rss_mb']:,} MB)",
-              "  " + ", ".join(f"{k} {v:.2f} s" for k, v in inc["steps"].items())
+              "  " + ", ".join(f"{k} {seconds_text(v)} s" for k, v in inc["steps"].items())
               + f", outside steps {inc['outside_steps_s']:.2f} s",
               f"  the same rescore in a fresh process (as a sensor-launched run): "
               f"{inc['rescore_fresh_process_s']:.1f} s"]
@@ -772,12 +775,12 @@ def benchmark(args, home: Path, sampler: TreeMemorySampler) -> dict:
     incremental = run_incremental(defs, instance, args.batch_profiles, sampler)
 
     result = {
-        "profiles": counts["profiles"], "events": counts["events"], "total_s": round(total_s, 2),
+        "profiles": counts["profiles"], "events": counts["events"], "total_s": total_s,
         "commit": commit, "uncommitted_product_files": uncommitted,
         "peak_rss_mb": round(peak_rss), "peak_pss_mb": round(peak_pss),
         "model_auc": model.get("model_auc"), "oracle_auc": model.get("oracle_auc"),
         "incremental_s": incremental["rescore_s"],
-        "outside_steps_s": round(total_s - sum(s["end"] - s["start"] for s in steps), 2),
+        "outside_steps_s": total_s - sum(s["end"] - s["start"] for s in steps),
         "cpus": os.cpu_count(),
         "pipeline_cores_used": round(tree_cpu / total_s, 2), "pipeline_other_cores": round(other_cpu / total_s, 2),
         "stages": {}, "incremental": incremental, "probes": probes,
@@ -790,7 +793,7 @@ def benchmark(args, home: Path, sampler: TreeMemorySampler) -> dict:
             "export_seconds": meta["training_export"].get("export_seconds"),
             "train_seconds": model.get("train_seconds"),
             "trial_seconds": [t.get("seconds") for t in model.get("trials", [])]},
-        "steps": [{"step": s["step"], "seconds": round(s["end"] - s["start"], 3)} for s in steps],
+        "steps": [{"step": s["step"], "seconds": s["end"] - s["start"]} for s in steps],
         "home": str(home), "kept": bool(args.keep),
     }
     for name in STAGES:
@@ -800,9 +803,8 @@ def benchmark(args, home: Path, sampler: TreeMemorySampler) -> dict:
         seconds = stages[name]["seconds"]
         limit = probes.get(name, {}).get("seconds")
         result["stages"][name] = {
-            "seconds": round(seconds, 2), "rows": rows, "rows_per_s": round(rows / max(seconds, 1e-9)),
-            "limit_seconds": round(limit, 2) if limit else None,
-            "ratio": round(seconds / limit, 2) if limit else None,
+            "seconds": seconds, "rows": rows, "rows_per_s": rows / seconds,
+            "limit_seconds": limit, "ratio": seconds / limit,
             "peak_rss_mb": stages[name]["peak_rss_mb"], "peak_pss_mb": stages[name]["peak_pss_mb"],
             "python_pss_mb": stages[name]["python_pss_mb"],
             "cores_used": stages[name]["cores_used"], "other_cores": stages[name]["other_cores"],
