@@ -13,9 +13,11 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,32 @@ def _server_user() -> str | None:
         except KeyError:
             continue
     raise EmbeddedPostgresError("running as root but no 'postgres' or 'nobody' user exists to run PostgreSQL")
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped by a PID 1 that never reaps) is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Pids of the processes whose working directory is `folder` (empty where /proc is missing)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(entry / "cwd")) == folder.resolve():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def _free_port() -> int:
@@ -253,6 +281,33 @@ class EmbeddedPostgres:
         """A server left running on a port we lost track of, or a pid file left by a crash."""
         if (self.data_dir / "postmaster.pid").exists():
             self._run(bin_dir, "pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", check=False)
+            self._end_orphans()
+
+    def _end_orphans(self, deadline_seconds: float = 30.0) -> None:
+        """Server processes left behind by a killed postmaster, ended before a new start.
+
+        A backend busy in a query when its postmaster died keeps running until the query ends (minutes,
+        for a feature CTAS) and keeps the old shared memory attached, so PostgreSQL refuses to start
+        ("pre-existing shared memory block is still in use") and tells to terminate them. They can
+        no longer serve anyone. Found by their working directory, the data directory (Linux /proc).
+        """
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists() or _alive(int(pid_file.read_text().split()[0])):
+            return
+        orphans = _processes_in(self.data_dir)
+        for pid in orphans:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + deadline_seconds
+        while any(_alive(pid) for pid in orphans):
+            if time.monotonic() > deadline:
+                raise EmbeddedPostgresError(f"processes {orphans} of a killed server in {self.data_dir} "
+                                            f"did not end within {deadline_seconds:.0f} s")
+            time.sleep(0.05)
+        if orphans:
+            log.warning("ended %d process(es) left by a killed server in %s", len(orphans), self.data_dir)
 
     @staticmethod
     def _create_database(address: ServerAddress) -> None:
