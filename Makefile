@@ -14,7 +14,7 @@ setup: .venv/.synced $(DAGSTER_HOME)/dagster.yaml
 
 .venv/.synced: pyproject.toml uv.lock
 	@scripts/bootstrap
-	$(UV) sync --frozen
+	$(UV) sync --frozen --all-extras
 	@touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
@@ -25,6 +25,7 @@ run: setup
 	$(PY) -m aep_assets.main
 
 test: setup
+	@scripts/install_chromium
 	$(UV) run --frozen --no-sync pytest
 
 ui: setup
