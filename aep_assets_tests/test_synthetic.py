@@ -76,6 +76,35 @@ def test_same_seed_same_frames_other_seed_other_frames(small, small_data):
     assert not set(other.profiles["userid"]) & set(small_data.profiles["userid"])
 
 
+GENERATE_FILES = """
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from aep_assets.lib import synthetic
+from aep_assets.lib.source_files import SourceFolder, file_digest, timeline_of
+config = synthetic.SyntheticConfig(profiles=4000, batches=2, seed=42, end=datetime(2026, 11, 30, tzinfo=timezone.utc))
+folder = Path(sys.argv[1])
+for batch in range(config.batches):
+    data = synthetic.generate_batch(config, batch)
+    files = SourceFolder(folder).write_batch(folder, batch, data, timeline_of(config))
+    for kind, path in sorted(files.items()):
+        print(kind, batch, file_digest(path))
+"""
+
+
+def test_the_same_config_writes_the_same_bytes_in_any_process(tmp_path):
+    """Byte for byte across processes and hash seeds: the files' hashes are the platform's idempotency
+    keys, so a difference would land every batch again on a re-run (Faker's it_IT cities once did)."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = [subprocess.run([sys.executable, "-c", GENERATE_FILES, str(tmp_path / seed)], check=True, text=True,
+                              capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed}, timeout=120).stdout
+               for seed in ("0", "4242")]
+    assert outputs[0].count("\n") == 6 and outputs[0] == outputs[1]
+
+
 def test_a_batch_alone_equals_its_rows_of_the_whole(small, small_data):
     one = generate_batch(small, 1)
     for name in ("profiles", "events", "truth"):

@@ -38,7 +38,8 @@ Identity: `userid` is 38 digits, two 19-digit halves: the FNV-1a 64 hash of the 
 vectorised per character position) and a keyed bijection of the user's number (batch, index in the
 batch), which the email embeds. The second half makes ids unique across all batches of a seed by
 construction, whatever the batch sizes (a batch landed later may use another `profiles`). Faker
-fills pools of names and locale cities once (fixed Faker seed); numpy samples them. Every batch draws
+fills pools of names and locale cities once (fixed Faker seed, pools in a fixed order, so the same in
+every process); numpy samples them. Every batch draws
 from numpy streams spawned from (seed, batch), so any batch, including new ones past the initial K,
 is generated alone and identically. A batch's events come sorted by (userid, time), see `_event_frame`.
 
@@ -197,6 +198,9 @@ class SyntheticConfig:
         object.__setattr__(self, "end", self.end.astimezone(timezone.utc))
         if self.profiles < 0 or self.batches < 1 or self.seed < 0 or self.oracle_draws < 0:
             raise ValueError("profiles, seed and oracle_draws must be >= 0 and batches >= 1")
+        if self.profiles < self.batches:
+            raise ValueError(f"{self.profiles} profiles cannot fill {self.batches} batches: every batch needs "
+                             "at least one profile")
         if not 0.0 <= self.oracle_fraction <= 1.0:
             raise ValueError(f"oracle_fraction must be in [0, 1], got {self.oracle_fraction}")
         if self.weeks <= 0 or not 0 < self.cutoff_days_before_end < 7 * self.weeks:
@@ -1102,19 +1106,28 @@ _COUNTRIES = (
 _DOMAINS = ("example.com", "example.net", "example.org")
 
 
+def _seeded_faker(locale: str, seed: int):
+    """A seeded Faker that draws the same values in every process. Faker builds some pools from sets
+    (it_IT's cities), whose order follows the per-process hash seed (PYTHONHASHSEED): those are sorted."""
+    from faker import Faker
+
+    fake = Faker(locale)
+    fake.seed_instance(seed)
+    address = fake.provider("faker.providers.address")
+    if isinstance(getattr(address, "cities", None), list):
+        address.cities = sorted(address.cities)
+    return fake
+
+
 @functools.lru_cache(maxsize=1)
 def _pools() -> dict[str, object]:
     """Faker value pools, made once with a fixed Faker seed."""
-    from faker import Faker
-
-    fake = Faker("en_US")
-    fake.seed_instance(1729)
+    fake = _seeded_faker("en_US", 1729)
     first = [x for x in dict.fromkeys(fake.first_name() for _ in range(4000)) if x.isascii() and x.isalpha()][:300]
     last = [x for x in dict.fromkeys(fake.last_name() for _ in range(4000)) if x.isascii() and x.isalpha()][:300]
     cities, country_of_city, weights = [], [], []
     for i, (_, locale, weight) in enumerate(_COUNTRIES):
-        local = Faker(locale)
-        local.seed_instance(1729 + i)
+        local = _seeded_faker(locale, 1729 + i)
         names = list(dict.fromkeys(local.city() for _ in range(200)))[:25]
         cities += names
         country_of_city += [i] * len(names)
