@@ -48,16 +48,51 @@ def test_cursor_does_not_pass_batches_left_for_the_next_tick():
     assert plan.requested == ["0", "1", "2"] and plan.cursor.after_ms == 2
 
 
-def test_gate_rules():
+def gate_data(rows: int, noise: float, seed: int = 0):
+    """Labels drawn from a known probability (the oracle) and a model that sees it through `noise`."""
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(-3.2, 1.2, rows)
+    truth = 1 / (1 + np.exp(-logit))
+    labels = rng.random(rows) < truth
+    return labels, truth, logit + rng.normal(0, noise, rows)
+
+
+def test_gate_rules_fail_only_beyond_their_sampling_error():
     settings = GateSettings(auc_floor=0.7, max_oracle_gap=0.02, champion_tolerance=0.002)
-    assert evaluate_gate(0.80, 0.81, 0.795, settings).passed
-    low = evaluate_gate(0.65, 0.66, None, settings)
-    assert not low.passed and "floor" in low.summary()
-    far = evaluate_gate(0.75, 0.80, None, settings)
-    assert not far.passed and "oracle" in far.summary()
-    worse = evaluate_gate(0.78, 0.79, 0.79, settings)
+    labels, oracle, model = gate_data(40_000, noise=0.3)
+    assert evaluate_gate(labels, model, settings, oracle=oracle, champion=model).passed
+    _, _, random_scores = gate_data(40_000, noise=50.0)
+    low = evaluate_gate(labels, random_scores, settings)
+    assert not low.passed and "floor" in low.summary() and "oracle rule not applicable" in low.results[1].reason
+    _, _, blurred = gate_data(40_000, noise=1.0)
+    far = evaluate_gate(labels, blurred, settings, oracle=oracle)
+    assert not far.passed and "oracle" in far.summary() and far.results[1].value > 0.04
+    worse = evaluate_gate(labels, blurred, settings, champion=model)
     assert not worse.passed and "champion" in worse.summary()
-    assert evaluate_gate(0.78, None, None, settings).passed
+    # The same blurred model on 600 rows (about 25 conversions): as far from the oracle, not provably so.
+    few = slice(0, 600)
+    small = evaluate_gate(labels[few], blurred[few], settings, oracle=oracle[few])
+    assert small.results[1].passed and small.results[1].standard_error > 0.03
+    unknown = np.where(np.arange(40_000) % 2 == 0, oracle, np.nan)  # the oracle on half the rows
+    assert evaluate_gate(labels, model, settings, oracle=unknown).results[1].passed
+
+
+def test_delong_matches_the_auc_and_a_bootstrap():
+    from sklearn.metrics import roc_auc_score
+
+    from aep_assets.lib.gate import delong
+
+    labels, oracle, model = gate_data(4000, noise=0.8, seed=3)
+    aucs, covariance = delong(labels, np.vstack([model, oracle]))
+    assert aucs[0] == pytest.approx(roc_auc_score(labels, model)) and aucs[1] == pytest.approx(
+        roc_auc_score(labels, oracle))
+    rng = np.random.default_rng(1)
+    boot = []
+    for _ in range(400):
+        rows = rng.integers(0, len(labels), len(labels))
+        boot.append(roc_auc_score(labels[rows], model[rows]) - roc_auc_score(labels[rows], oracle[rows]))
+    se = np.sqrt(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1])
+    assert se == pytest.approx(np.std(boot), rel=0.2)
 
 
 def test_psi_is_zero_for_same_and_large_for_shifted():

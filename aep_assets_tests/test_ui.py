@@ -49,8 +49,6 @@ ASSET_KEYS = (
 )
 RUN_CONFIG = {
     "load_synthetic_data_job": {"ops": {"synthetic_data": {"config": {"profiles": 2000, "batches": 2}}}},
-    "train_propensity_model_job": {"ops": {"propensity_model": {"config": {"max_oracle_gap": 0.15,
-                                                                            "auc_floor": 0.6}}}},
 }
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")

@@ -68,20 +68,19 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
     train_seconds = time.monotonic() - started
     scores = model.estimator.predict_proba(model.x_test)[:, 1]
     oracle = oracle_on(model.test_ids, model.y_test)
-    evaluation = modeling.evaluate(model.y_test, scores, oracle=oracle)
-    oracle_auc = float(roc_auc_score(*oracle)) if oracle is not None else None
+    known = None if oracle is None else ~np.isnan(oracle)
+    evaluation = modeling.evaluate(model.y_test, scores,
+                                   oracle=None if oracle is None else (model.y_test[known], oracle[known]))
+    oracle_auc = float(roc_auc_score(model.y_test[known], oracle[known])) if oracle is not None else None
     importance, importance_png = modeling.importance(model)
 
     mlflow, experiment_id = mlflow_tracking.activate()
     champion = mlflow_tracking.champion_version()
-    champion_auc = None
-    if champion is not None:
-        champion_model = mlflow.sklearn.load_model(f"models:/{champion.name}/{champion.version}")
-        champion_features = json.loads(champion.tags.get("features", "[]")) or model.features
-        if champion_features == model.features:
-            champion_auc = float(roc_auc_score(model.y_test, champion_model.predict_proba(model.x_test)[:, 1]))
-    gate = evaluate_gate(evaluation.roc_auc, oracle_auc, champion_auc,
-                         GateSettings(config.auc_floor, config.max_oracle_gap, config.champion_tolerance))
+    champion_scores = champion_scores_on(mlflow, champion, model)
+    champion_auc = float(roc_auc_score(model.y_test, champion_scores)) if champion_scores is not None else None
+    gate = evaluate_gate(model.y_test, scores, GateSettings(config.auc_floor, config.max_oracle_gap,
+                                                            config.champion_tolerance),
+                         oracle=oracle, champion=champion_scores)
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"dagster-{context.run_id[:8]}") as run:
         mlflow.set_tags({"dagster_run_id": context.run_id, "training_export": storage.uri(manifest.prefix),
@@ -109,13 +108,13 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
             logged = mlflow.sklearn.log_model(
                 model.estimator, name="model", signature=signature,
                 pip_requirements=[f"scikit-learn=={sklearn.__version__}"],  # inference costs seconds
-                registered_model_name=mlflow_tracking.registered_model_name,
                 skops_trusted_types=modeling.SKOPS_TRUSTED_TYPES[config.algorithm])
-            version = logged.registered_model_version
-            for tag, value in {"features": json.dumps(model.features), "training_fingerprint": fingerprint,
-                               "gate": "passed" if gate.passed else "failed", "dagster_run_id": context.run_id,
-                               "mlflow_run_id": run.info.run_id}.items():
-                client.set_model_version_tag(mlflow_tracking.registered_model_name, version, tag, value)
+            # The tags come with the version, in one registry call: a run killed here leaves either no
+            # version or one the fingerprint finds, never an untagged one that a re-run would duplicate.
+            version = mlflow.register_model(logged.model_uri, mlflow_tracking.registered_model_name, tags={
+                "features": json.dumps(model.features), "training_fingerprint": fingerprint,
+                "gate": "passed" if gate.passed else "failed", "dagster_run_id": context.run_id,
+                "mlflow_run_id": run.info.run_id}).version
     promoted = gate.passed and (champion is None or str(champion.version) != str(version))
     if gate.passed:
         client.set_registered_model_alias(mlflow_tracking.registered_model_name, CHAMPION, version)
@@ -142,7 +141,8 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
     })
     for check_name, result in zip(CHECKS, gate.results, strict=True):
         yield dg.AssetCheckResult(check_name=check_name, passed=result.passed, description=result.reason,
-                                  metadata={"value": result.value, "threshold": result.threshold})
+                                  metadata={"value": result.value, "threshold": result.threshold,
+                                            "standard_error": result.standard_error})
 
 
 def training_fingerprint(frame: pl.DataFrame, config: ModelConfig) -> str:
@@ -153,14 +153,26 @@ def training_fingerprint(frame: pl.DataFrame, config: ModelConfig) -> str:
     return digest.hexdigest()[:32]
 
 
-def oracle_on(test_ids: np.ndarray, y_test: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(labels, ground-truth probabilities) of the held-out profiles the generator knows, if any."""
+def champion_scores_on(mlflow, champion, model: modeling.TrainedModel) -> np.ndarray | None:
+    """The current champion's scores on the new model's held-out rows, if it reads the same features."""
+    if champion is None:
+        return None
+    champion_model = mlflow.sklearn.load_model(f"models:/{champion.name}/{champion.version}")
+    if (json.loads(champion.tags.get("features", "[]")) or model.features) != model.features:
+        return None
+    return champion_model.predict_proba(model.x_test)[:, 1]
+
+
+def oracle_on(test_ids: np.ndarray, y_test: np.ndarray) -> np.ndarray | None:
+    """The generator's ground-truth probability of each held-out profile (NaN where it has none), or None
+    when it knows too few of them (another generation or window, or real data)."""
     truth = source_folder().truth()
     if truth.is_empty():
         return None
-    test = pl.DataFrame({ID_COLUMN: test_ids, "label": y_test})
-    joined = test.join(truth.filter(pl.col("oracle_probability").is_not_null())
-                       .select(ID_COLUMN, "oracle_probability"), on=ID_COLUMN, how="inner")
-    if joined.height < 0.9 * len(test_ids) or joined["label"].n_unique() < 2:
-        return None  # the ground truth belongs to another generation or window
-    return joined["label"].to_numpy(), joined["oracle_probability"].to_numpy()
+    known = truth.filter(pl.col("oracle_probability").is_not_null()).select(ID_COLUMN, "oracle_probability")
+    aligned = (pl.DataFrame({ID_COLUMN: test_ids}).join(known, on=ID_COLUMN, how="left", maintain_order="left")
+               ["oracle_probability"].to_numpy().astype(np.float64))
+    found = ~np.isnan(aligned)
+    if found.sum() < 0.9 * len(test_ids) or len(np.unique(y_test[found])) < 2:
+        return None
+    return aligned
