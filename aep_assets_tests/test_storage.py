@@ -1,6 +1,8 @@
 """Storage on a local folder and on S3 through moto's real HTTP server: complete writes only."""
 
 
+import os
+
 import pyarrow as pa
 import pytest
 
@@ -58,3 +60,46 @@ def test_rewriting_a_prefix_replaces_it(any_storage):
 def test_local_keys_cannot_escape_the_root(tmp_path):
     with pytest.raises(StorageError, match="leaves the storage root"):
         LocalStorage(root=str(tmp_path)).put_bytes("../outside", b"x")
+
+
+def test_the_same_content_again_keeps_the_earlier_write(any_storage):
+    first = any_storage.write_table("cmle/ingress/s/profileBatch=b/exportTime=20260101000000", table(50))
+    again = any_storage.write_table("cmle/ingress/s/profileBatch=b/exportTime=20260102000000", table(50))
+    assert again == first and first.digest
+    assert [m.prefix for m in any_storage.complete_writes("cmle/ingress/s/profileBatch=b")] == [first.prefix]
+    assert any_storage.list_keys("cmle/ingress/s/profileBatch=b/exportTime=20260102000000") == []
+    changed = any_storage.write_table("cmle/ingress/s/profileBatch=b/exportTime=20260103000000", table(51))
+    assert changed.prefix.endswith("20260103000000") and changed.digest != first.digest
+
+
+def test_complete_writes_beyond_the_kept_number_are_pruned(any_storage):
+    parent = "cmle/egress/ds3"
+    storage = any_storage.model_copy(update={"keep_complete_writes": 2})  # as AEP_ASSETS_KEEP_WRITES=2 sets it
+    for day in range(1, 5):
+        storage.write_table(f"{parent}/exportTime=2026010{day}000000", table(day))
+    assert [m.rows for m in storage.complete_writes(parent)] == [3, 4]
+    storage.write_table(f"{parent}/exportTime=20260105000000", table(5), keep=1)  # activation keeps one
+    assert [m.rows for m in storage.complete_writes(parent)] == [5]
+
+
+def test_a_folder_left_by_a_killed_writer_is_removed_by_the_next_write(any_storage, tmp_path):
+    import json
+    import socket
+    import subprocess
+
+    parent = "cmle/egress/ds4"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    for folder, writer in (("exportTime=20260101000000", {"host": socket.gethostname(), "pid": dead.pid}),
+                           ("exportTime=20260101000001", None),  # no writer record at all
+                           ("exportTime=20260101000002", {"host": socket.gethostname(), "pid": os.getpid()})):
+        (tmp_path / "part").write_bytes(b"partial")
+        any_storage.put_file(f"{parent}/{folder}/part-00000.gz.parquet", tmp_path / "part")
+        if writer:
+            any_storage.put_bytes(f"{parent}/{folder}/_writing.json",
+                                  json.dumps({**writer, "started": "2026-01-01T00:00:00+00:00"}).encode())
+    manifest = any_storage.write_table(f"{parent}/exportTime=20260102000000", table(3))
+    folders = sorted({key.split("/")[3] for key in any_storage.list_keys(parent)})
+    # the live writer's folder stays (it is still writing); the dead ones are gone; no marker is left
+    assert folders == ["exportTime=20260101000002", "exportTime=20260102000000"]
+    assert "_writing.json" not in " ".join(any_storage.list_keys(manifest.prefix))

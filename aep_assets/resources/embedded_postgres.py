@@ -24,6 +24,8 @@ from pathlib import Path
 
 import psycopg
 
+from aep_assets.lib.processes import alive
+
 log = logging.getLogger(__name__)
 
 SUPERUSER = "aep"
@@ -97,20 +99,6 @@ def _server_user() -> str | None:
         except KeyError:
             continue
     raise EmbeddedPostgresError("running as root but no 'postgres' or 'nobody' user exists to run PostgreSQL")
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie (exited, not yet reaped by a PID 1 that never reaps) is not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _processes_in(folder: Path) -> list[int]:
@@ -292,7 +280,7 @@ class EmbeddedPostgres:
         no longer serve anyone. Found by their working directory, the data directory (Linux /proc).
         """
         pid_file = self.data_dir / "postmaster.pid"
-        if not pid_file.exists() or _alive(int(pid_file.read_text().split()[0])):
+        if not pid_file.exists() or alive(int(pid_file.read_text().split()[0])):
             return
         orphans = _processes_in(self.data_dir)
         for pid in orphans:
@@ -301,7 +289,7 @@ class EmbeddedPostgres:
             except ProcessLookupError:
                 continue
         deadline = time.monotonic() + deadline_seconds
-        while any(_alive(pid) for pid in orphans):
+        while any(alive(pid) for pid in orphans):
             if time.monotonic() > deadline:
                 raise EmbeddedPostgresError(f"processes {orphans} of a killed server in {self.data_dir} "
                                             f"did not end within {deadline_seconds:.0f} s")

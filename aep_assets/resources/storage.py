@@ -3,20 +3,24 @@
 Layout as in the CMLE reference: `cmle/egress/{dataset_id}/exportTime={YYYYMMDDHHMMSS}/part-NNNNN.gz.parquet`
 for platform exports, `cmle/ingress/...` for scores going back in, `cmle/activation/...` for
 audience members. A multi-file write is complete only once its `_manifest.json` exists; it is
-written last and readers take only folders that have one, so nobody sees half an export.
+written last and readers take only folders that have one, so nobody sees half an export. A write
+records its writer first (`_writing.json`), so that the folder of a writer killed mid-write is
+recognised as abandoned and removed by the next write beside it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -26,9 +30,12 @@ import pyarrow.parquet as pq
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
+from aep_assets.lib.processes import alive
 from aep_assets.settings import assets_home
 
 MANIFEST = "_manifest.json"
+WRITING = "_writing.json"  # who is writing a folder, removed once its manifest exists
+ABANDONED_AFTER = timedelta(hours=1)  # a writer on another host is presumed gone after this long
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class Manifest:
     bytes: int
     columns: list[str]
     created: str
+    digest: str = ""  # SHA-256 of the parts' bytes, in order ("" where the writer did not record it)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode()
@@ -57,6 +65,10 @@ class StorageError(RuntimeError):
 class Storage(dg.ConfigurableResource, ABC):
     """Files by key (`a/b/c.parquet`); subclasses supply the five primitive operations."""
 
+    keep_complete_writes: int = Field(default=3, ge=1, description=(
+        "Complete exports or scores folders kept per parent folder, the newest first, for audit "
+        "($AEP_ASSETS_KEEP_WRITES); older ones are removed after each new write."))
+
     @abstractmethod
     def put_file(self, key: str, local_path: Path) -> None:
         """Upload a local file to `key`, replacing it."""
@@ -72,6 +84,10 @@ class Storage(dg.ConfigurableResource, ABC):
     @abstractmethod
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under `prefix/`; return how many."""
+
+    @abstractmethod
+    def delete_key(self, key: str) -> None:
+        """Delete one key (nothing if it does not exist)."""
 
     @abstractmethod
     def uri(self, key: str) -> str:
@@ -100,32 +116,53 @@ class Storage(dg.ConfigurableResource, ABC):
         rows_per_file: int = 1_000_000,
         compression: str = "gzip",
         suffix: str = ".gz.parquet",
+        keep: int | None = None,
     ) -> Manifest:
         """Stream record batches into `part-NNNNN{suffix}` files under `prefix`, then the manifest.
 
-        Memory stays at one record batch: each part is written to a local temporary file,
-        uploaded, and deleted before the next one starts.
+        If the newest complete write beside it (same parent folder) holds the same bytes, the new parts
+        are removed and that write is returned instead: a re-run adds no copy. Then the complete writes
+        beside it beyond the newest `keep` (default: this storage's `keep_complete_writes`) are removed.
         """
         prefix = prefix.rstrip("/")
+        parent = prefix.rsplit("/", 1)[0]
         self.delete_prefix(prefix)  # leftovers of a crashed attempt at the same prefix
+        writer = {"host": socket.gethostname(), "pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat()}
+        self.put_bytes(f"{prefix}/{WRITING}", json.dumps(writer).encode())
+        files, rows, size, digest = self._upload_parts(prefix, batches, schema, rows_per_file, compression, suffix)
+        earlier = self.complete_writes(parent)
+        if earlier and earlier[-1].digest == digest:
+            self.delete_prefix(prefix)
+            manifest = earlier[-1]
+        else:
+            manifest = Manifest(prefix, files, rows, size, schema.names,
+                                datetime.now(timezone.utc).isoformat(timespec="seconds"), digest)
+            self.put_bytes(f"{prefix}/{MANIFEST}", manifest.to_json())
+            self.delete_key(f"{prefix}/{WRITING}")
+        self.prune(parent, self.keep_complete_writes if keep is None else keep)
+        return manifest
+
+    def _upload_parts(self, prefix: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema, rows_per_file: int,
+                      compression: str, suffix: str) -> tuple[list[str], int, int, str]:
+        """The parts, uploaded one by one (memory stays at one record batch): keys, rows, bytes and the
+        SHA-256 of their bytes in order. An empty input still gives one readable file with the schema."""
         files: list[str] = []
         total_rows = total_bytes = 0
+        digest = hashlib.sha256()
         level = 1 if compression == "gzip" else None  # pyarrow's default gzip level 9 is 20x slower for ~4% size
         with tempfile.TemporaryDirectory(prefix="aep-parts-") as tmp:
-            writer: pq.ParquetWriter | None = None
-            part_rows = 0
             part_path = Path(tmp) / "part"
 
-            def finish_part() -> None:
-                nonlocal writer, total_bytes, part_rows
-                assert writer is not None
-                writer.close()
+            def upload() -> None:
+                nonlocal total_bytes
                 key = f"{prefix}/part-{len(files):05d}{suffix}"
                 total_bytes += part_path.stat().st_size
+                digest.update(part_path.read_bytes())
                 self.put_file(key, part_path)
                 files.append(key)
-                writer, part_rows = None, 0
 
+            writer: pq.ParquetWriter | None = None
+            part_rows = 0
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
@@ -135,19 +172,45 @@ class Storage(dg.ConfigurableResource, ABC):
                 part_rows += batch.num_rows
                 total_rows += batch.num_rows
                 if part_rows >= rows_per_file:
-                    finish_part()
+                    writer.close()
+                    upload()
+                    writer, part_rows = None, 0
             if writer is not None:
-                finish_part()
-            if not files:  # an empty table still exports one readable file with its schema
+                writer.close()
+                upload()
+            if not files:
                 pq.write_table(schema.empty_table(), part_path, compression=compression, compression_level=level)
-                key = f"{prefix}/part-00000{suffix}"
-                total_bytes += part_path.stat().st_size
-                self.put_file(key, part_path)
-                files.append(key)
-        manifest = Manifest(prefix, files, total_rows, total_bytes, schema.names,
-                            datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        self.put_bytes(f"{prefix}/{MANIFEST}", manifest.to_json())
-        return manifest
+                upload()
+        return files, total_rows, total_bytes, digest.hexdigest()
+
+    def prune(self, parent: str, keep: int) -> list[str]:
+        """Remove the complete writes under `parent` beyond the newest `keep`, and the folders that writers
+        killed mid-write left behind (never complete, so never read); return the prefixes removed."""
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 (the write just made), got {keep}")
+        removed = [m.prefix for m in self.complete_writes(parent)[:-keep]] + self._abandoned_writes(parent)
+        for prefix in removed:
+            self.delete_prefix(prefix)
+        return removed
+
+    def _abandoned_writes(self, parent: str) -> list[str]:
+        """Folders under `parent` without a manifest whose writer is gone: its process no longer runs on
+        this host, or it started over ABANDONED_AFTER ago (another host), or it left no writer record."""
+        parent = parent.rstrip("/")
+        keys = self.list_keys(parent)
+        folders: dict[str, set[str]] = {}
+        for key in keys:
+            folder, _, name = key[len(parent) + 1:].partition("/")
+            if name and "/" not in name:
+                folders.setdefault(folder, set()).add(name)
+        abandoned = []
+        for folder, names in sorted(folders.items()):
+            if MANIFEST in names:
+                continue
+            if WRITING in names and not _writer_gone(json.loads(self.get_bytes(f"{parent}/{folder}/{WRITING}"))):
+                continue
+            abandoned.append(f"{parent}/{folder}")
+        return abandoned
 
     def write_table(self, prefix: str, table: pa.Table, **options) -> Manifest:
         """A whole in-memory table as a complete multi-file write."""
@@ -187,6 +250,12 @@ class Storage(dg.ConfigurableResource, ABC):
         """Every file of a complete write as one Arrow table."""
         with self.downloaded(manifest) as paths:
             return pa.concat_tables([pq.read_table(path, columns=columns) for path in paths])
+
+
+def _writer_gone(writer: dict) -> bool:
+    if writer["host"] == socket.gethostname():
+        return not alive(writer["pid"])
+    return datetime.now(timezone.utc) - datetime.fromisoformat(writer["started"]) > ABANDONED_AFTER
 
 
 class LocalStorage(Storage):
@@ -231,6 +300,9 @@ class LocalStorage(Storage):
         count = sum(1 for p in base.rglob("*") if p.is_file())
         shutil.rmtree(base)
         return count
+
+    def delete_key(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def uri(self, key: str) -> str:
         return str(self._path(key))
@@ -291,6 +363,9 @@ class S3Storage(Storage):
             client.delete_objects(Bucket=self.bucket,
                                   Delete={"Objects": [{"Key": self._key(k)} for k in chunk], "Quiet": True})
         return len(keys)
+
+    def delete_key(self, key: str) -> None:
+        self._client().delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
