@@ -23,6 +23,7 @@ import sqlglot
 
 from aep_assets.lib import audiences
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
+from aep_assets.lib.merge import current_records_sql
 from aep_assets.resources import aep_http, aep_xdm
 from aep_assets.resources.aep_http import AEPError
 from aep_assets.resources.aep_platform import AEPConfigError, AEPPlatform
@@ -109,9 +110,9 @@ def events_file(tmp_path):
     return path
 
 
-def scores_file(tmp_path, propensities, name="scores.parquet", scored_at=T0):
+def scores_file(tmp_path, propensities, name="scores.parquet", as_of=T0):
     rows = [{"userid": f"u{i}", "propensity": p, "decile": 1, "model_name": "cmle_propensity_model",
-             "model_version": "3", "scored_at": scored_at, "profile_batch": "b1"} for i, p in enumerate(propensities)]
+             "model_version": "3", "as_of": as_of, "profile_batch": "b1"} for i, p in enumerate(propensities)]
     path = tmp_path / name
     pq.write_table(pa.Table.from_pylist(rows, schema=PROPENSITY_SCORES.schema), path)
     return path
@@ -502,9 +503,15 @@ def test_audience_members_and_activation_files_come_from_query_service(fake, sle
     aep.ingest_batch(scores, PROPENSITY_SCORES, [scores_file(tmp_path, [0.1, 0.3, 0.6])], idempotency_key="s1")
     aep.ingest_batch(scores, PROPENSITY_SCORES, [scores_file(tmp_path, [0.35], "newer.parquet", T0 + timedelta(1))],
                      idempotency_key="s2")
+    people = [{"userid": f"u{i}", "email": f"user{i}@example.com", "first_name": f"First{i}", "last_name": "Last",
+               "country": "FR", "city": "Lyon", "created_at": T0} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(people, schema=PROFILES.schema), tmp_path / "people.parquet")
+    aep.ingest_batch(aep.ensure_dataset(PROFILES), PROFILES, [tmp_path / "people.parquet"], idempotency_key="p1")
     audience = aep.upsert_audience("Propensity - high", "Likely", 0.2, 0.5, scores)
     members = aep.audience_members(audience, scores)
-    assert members.to_pylist() == [{"userid": "u0", "propensity": 0.35}, {"userid": "u1", "propensity": 0.3}]
+    assert members.to_pylist() == [  # the latest score and the current profile of each member
+        {"userid": "u0", "email": "user0@example.com", "first_name": "First0", "last_name": "Last", "propensity": 0.35},
+        {"userid": "u1", "email": "user1@example.com", "first_name": "First1", "last_name": "Last", "propensity": 0.3}]
     storage = LocalStorage(root=str(tmp_path / "storage"))
     manifest = aep.activate_audience(audience, scores, storage, T0)
     assert manifest.rows == 2 and manifest.prefix.startswith(audiences.activation_parent(audience.name))
@@ -567,14 +574,15 @@ def test_whole_graph_materializes_in_aep_mode(fake, sleeps, moto_endpoint, track
 
     def segment_count(segment):  # what the evaluation job counts: latest scores inside the PQL interval
         audience = aep._audience(segment)
-        latest = audiences.latest_scores("cmle_propensity_scores_flat")
-        return aep.query(audiences.members_sql("postgres", latest, audience.lower, audience.upper)).num_rows
+        latest = current_records_sql(PROPENSITY_SCORES, "cmle_propensity_scores_flat")
+        profiles = current_records_sql(PROFILES, "cmle_profiles_flat")
+        return aep.query(audiences.members_sql("postgres", latest, profiles, audience.lower, audience.upper)).num_rows
 
     fake.on_export, fake.segment_count = write_export, segment_count
     defs = build_definitions({"platform": aep, "storage": storage, "mlflow_tracking": tracking})
     with dg.instance_for_test() as instance:
         timings = run_all(defs, instance, {
-            "load_synthetic_data_job": {"ops": {"synthetic_data": {"config": {"profiles": 1500, "batches": 2}}}},
+            "load_synthetic_data_job": {"ops": {"synthetic_data": {"config": {"profiles": 2000, "batches": 2}}}},
             # the model's quality is tested elsewhere; here the gate only needs to let a champion through
             "train_propensity_model_job": {"ops": {"propensity_model": {"config": {
                 "max_trials": 1, "auc_floor": 0.5, "max_oracle_gap": 0.5}}}}})
@@ -587,7 +595,7 @@ def test_whole_graph_materializes_in_aep_mode(fake, sleeps, moto_endpoint, track
         assert sizes.event.dagster_event.event_specific_data.passed
     profiles = aep.query("SELECT COUNT(*) AS n FROM cmle_profiles_flat")["n"][0].as_py()
     scores = aep.query("SELECT COUNT(DISTINCT userid) AS n FROM cmle_propensity_scores_flat")["n"][0].as_py()
-    assert profiles == scores == 1500
+    assert profiles == scores == 2000
     assert fake.flows and fake.jobs and storage.list_keys("cmle/activation")
 
 

@@ -60,7 +60,8 @@ def expected_features(data, window: features.Window) -> pl.DataFrame:
 
 
 def sql_features(platform, window) -> pl.DataFrame:
-    text = features.training_sql("postgres", EXPERIENCE_EVENTS.name, PROFILES.name, window)
+    profiles = platform.current_records(platform.find_dataset_or_fail(PROFILES.name), PROFILES)
+    text = features.training_sql("postgres", EXPERIENCE_EVENTS.name, profiles, window)
     dataset = platform.create_table_as("cmle_training_features", text)
     return pl.from_arrow(platform.query(f'SELECT * FROM "{dataset.table}" ORDER BY userid'))
 
@@ -105,7 +106,8 @@ def test_events_at_or_after_the_cutoff_never_change_features(platform, tmp_path,
 def test_scoring_features_use_the_same_definitions(platform, tmp_path, generated):
     land(platform, tmp_path, generated)
     batch = platform.completed_batches(platform.find_dataset(PROFILES.name))[0].id
-    text = features.scoring_sql("postgres", EXPERIENCE_EVENTS.name, PROFILES.name, WINDOW.cutoff, [batch])
+    profiles = platform.current_records(platform.find_dataset_or_fail(PROFILES.name), PROFILES)
+    text = features.scoring_sql("postgres", EXPERIENCE_EVENTS.name, profiles, WINDOW.cutoff, [batch])
     scoring = pl.from_arrow(platform.query(text + " ORDER BY userid")).drop("profile_batch")
     training = sql_features(platform, WINDOW).drop("label")
     joined = training.join(scoring, on="userid", suffix="_scoring")

@@ -184,12 +184,12 @@ def test_replace_slices_swaps_only_the_given_keys_in_one_transaction(platform):
 def test_the_merged_scores_keep_the_latest_score_of_each_profile(platform, tmp_path):
     from aep_assets.lib.datasets import PROPENSITY_SCORES
 
-    def scores_file(name, ids, value, scored_at):
+    def scores_file(name, ids, value, as_of):
         path = tmp_path / f"{name}.parquet"
         pq.write_table(pa.table({
             "userid": [f"{i:038d}" for i in ids], "propensity": [value] * len(ids), "decile": [1] * len(ids),
             "model_name": ["m"] * len(ids), "model_version": ["1"] * len(ids),
-            "scored_at": pa.array([scored_at] * len(ids), pa.timestamp("us", "UTC")),
+            "as_of": pa.array([as_of] * len(ids), pa.timestamp("us", "UTC")),
             "profile_batch": ["b"] * len(ids)}), path)
         return path
 
@@ -201,11 +201,13 @@ def test_the_merged_scores_keep_the_latest_score_of_each_profile(platform, tmp_p
     bad = scores_file("bad", [1, 1], 0.5, NOW + timedelta(seconds=1))  # duplicate ids: the batch fails
     with pytest.raises(BatchIngestionError):
         platform.ingest_batch(dataset, PROPENSITY_SCORES, [bad], idempotency_key="bad")
-    merged = platform.query(f"SELECT userid, propensity FROM ({platform.latest_scores(dataset)}) AS m ORDER BY userid")
+    current = platform.current_records(dataset, PROPENSITY_SCORES)
+    view = f"SELECT userid, propensity FROM ({current}) AS m ORDER BY userid"
+    merged = platform.query(view)
     assert merged["propensity"].to_pylist() == [0.9, 0.9, 0.1]
     platform.execute('DROP TABLE "cmle_propensity_scores__profile"')  # a home from before the merged table
     platform.ensure_dataset(PROPENSITY_SCORES)
-    again = platform.query(f"SELECT userid, propensity FROM ({platform.latest_scores(dataset)}) AS m ORDER BY userid")
+    again = platform.query(view)
     assert again.equals(merged)
 
 

@@ -199,7 +199,8 @@ def training_select(platform, training_meta: dict, events: str | None = None) ->
     window = features.Window(datetime.fromisoformat(training_meta["cutoff"]),
                              datetime.fromisoformat(training_meta["horizon_end"]))
     events = events or platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name).table
-    return features.training_sql(platform.dialect, events, platform.find_dataset_or_fail(PROFILES.name).table, window)
+    profiles = platform.current_records(platform.find_dataset_or_fail(PROFILES.name), PROFILES)
+    return features.training_sql(platform.dialect, events, profiles, window)
 
 
 def feature_sql(platform, training_meta: dict) -> None:
@@ -322,7 +323,7 @@ def scoring_features(platform) -> None:
     profiles = platform.find_dataset_or_fail(PROFILES.name)
     keys = [b.id for b in platform.completed_batches(profiles) if b.status == "success"]
     as_of = datetime.now(timezone.utc).replace(microsecond=0)
-    every = features.scoring_sql(platform.dialect, events, profiles.table, as_of, keys)
+    every = features.scoring_sql(platform.dialect, events, platform.current_records(profiles, PROFILES), as_of, keys)
     # What the asset does for a full rescore, into a scratch table shaped as the product's: the first run
     # fills an empty table, the second replaces the rows (the steady state).
     table = platform.find_dataset_or_fail(SCORING_DATASET).table
@@ -341,7 +342,8 @@ def scoring_features(platform) -> None:
     # The incremental rescore: the newest batch alone, as the server's random_page_cost 1.1 plans it (index
     # probes into the events for its users once the batch is small beside the base), as the default 4 plans
     # it, and with the index probes forced whatever the sizes.
-    newest = features.scoring_sql(platform.dialect, events, profiles.table, as_of, keys[-1:])
+    newest = features.scoring_sql(platform.dialect, events, platform.current_records(profiles, PROFILES), as_of,
+                                  keys[-1:])
     note("scoring_features.newest_batch_profiles", rows[keys[-1]])
     for name, settings in (("random_page_cost_1.1", []), ("random_page_cost_4", ["SET random_page_cost = 4"]),
                            ("index_probes_forced", ["SET enable_hashjoin = off", "SET enable_mergejoin = off"])):
@@ -466,23 +468,25 @@ def audiences(platform) -> None:
     """The profile view of the scores as the product reads it (the merged table) and as the window over
     every score record (what it replaced; still the AEP platform's view), and what the merge costs."""
     from aep_assets.lib import audiences as lib
-    from aep_assets.lib.datasets import PROPENSITY_SCORES
-    from aep_assets.resources.local_platform import _merge_sql, _profile_table
+    from aep_assets.lib import merge
+    from aep_assets.lib.datasets import PROFILES, PROPENSITY_SCORES
 
     scores = platform.find_dataset_or_fail(PROPENSITY_SCORES.name)
-    merged, window = platform.latest_scores(scores), lib.latest_scores(scores.table)
+    profiles = platform.current_records(platform.find_dataset_or_fail(PROFILES.name), PROFILES)
+    merged, window = platform.current_records(scores, PROPENSITY_SCORES), merge.current_records_sql(
+        PROPENSITY_SCORES, scores.table)
     intervals = platform.audiences()
     bounds = [(a.lower, a.upper) for a in intervals]
     for name, make in (("latest_propensities", lambda v: lib.latest_propensities_sql(platform.dialect, v)),
                        ("sizes_one_pass", lambda v: lib.sizes_sql(platform.dialect, v, bounds)),
-                       ("latest_members", lambda v: lib.latest_members_sql(platform.dialect, v))):
+                       ("latest_members", lambda v: lib.latest_members_sql(platform.dialect, v, profiles))):
         note(f"audiences.{name}_s", {"merged_table_s": clock(platform.query, make(merged))[0],
                                      "window_s": clock(platform.query, make(window))[0]})
     records = platform.query(f'SELECT count(*) AS n FROM "{scores.table}"')["n"][0].as_py()
-    profiles = platform.query(f'SELECT count(*) AS n FROM "{_profile_table(scores.table)}"')["n"][0].as_py()
-    note("audiences.score_records_vs_profiles", {"records": records, "profiles": profiles})
+    merged_rows = platform.query(f'SELECT count(*) AS n FROM "{merge.merged_table(scores.table)}"')["n"][0].as_py()
+    note("audiences.score_records_vs_profiles", {"records": records, "profiles": merged_rows})
     # activation's cut of the members in memory and its zstd writes
-    members = platform.query(lib.latest_members_sql(platform.dialect, merged))
+    members = platform.query(lib.latest_members_sql(platform.dialect, merged, profiles))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="diag-act-") as tmp:
         values = members["propensity"].to_numpy()
@@ -498,12 +502,13 @@ def audiences(platform) -> None:
     upserts = {"records": platform.query("SELECT count(*) AS n FROM diag_scores")["n"][0].as_py()}
     for fillfactor in (50, 100):
         execute(platform, "DROP TABLE IF EXISTS diag_scores__profile")
-        execute(platform, f'CREATE TABLE diag_scores__profile (LIKE "{_profile_table(scores.table)}", '
+        execute(platform, f'CREATE TABLE diag_scores__profile (LIKE "{merge.merged_table(scores.table)}", '
                           f"PRIMARY KEY (userid)) WITH (fillfactor = {fillfactor})")
-        execute(platform, f'INSERT INTO diag_scores__profile SELECT * FROM "{_profile_table(scores.table)}" '
+        execute(platform, f'INSERT INTO diag_scores__profile SELECT * FROM "{merge.merged_table(scores.table)}" '
                           "ORDER BY userid")
         execute(platform, "VACUUM ANALYZE diag_scores__profile")
-        upserts[f"fillfactor_{fillfactor}_s"] = execute(platform, _merge_sql(PROPENSITY_SCORES, "diag_scores", newest))
+        upserts[f"fillfactor_{fillfactor}_s"] = execute(platform, merge.upsert_sql(PROPENSITY_SCORES, "diag_scores",
+                                                                                   newest))
     execute(platform, "DROP TABLE IF EXISTS diag_scores, diag_scores__profile")
     note("audiences.merge_upsert_newest_scores_batch", upserts)
 

@@ -1,2 +1,6 @@
--- Userid and latest propensity of every scored profile, for cutting all audiences in one pass.
-SELECT userid, propensity FROM ($latest_scores) AS latest ORDER BY userid
+-- Every scored profile with its latest propensity and its current contact attributes (what a
+-- destination needs), for cutting all audiences in one pass.
+SELECT s.userid, p.email, p.first_name, p.last_name, s.propensity
+FROM ($latest_scores) AS s
+JOIN ($profiles) AS p ON p.userid = s.userid
+ORDER BY s.userid

@@ -1,2 +1,2 @@
 -- Profiles in the profile dataset.
-SELECT COUNT(*) AS profiles FROM $profiles
+SELECT COUNT(*) AS profiles FROM ($profiles) AS p

@@ -2,10 +2,12 @@
 -- The reference's 7 counts and 7 "minutes since last" recencies (its propositionDismiss recency fixed
 -- to the full decisioning.* type), plus counts and recencies of the 5 other event types that move a
 -- user's propensity, and two activity windows. Profiles with no events get zero counts, null recencies.
--- profile_batch is the platform batch the profile row came from (Query Service's _acp_batchid).
+-- $profiles is the current view of the profile dataset (one record per userid, lib/merge.py);
+-- profile_batch is the platform batch that last touched the profile (Query Service's _acp_batchid).
 SELECT
     p.userid,
     p._acp_batchid AS profile_batch,
+    $as_of AS as_of,
     SUM(CASE WHEN e.event_type = 'directMarketing.emailSent' THEN 1 ELSE 0 END) AS emails_received,
     SUM(CASE WHEN e.event_type = 'directMarketing.emailOpened' THEN 1 ELSE 0 END) AS emails_opened,
     SUM(CASE WHEN e.event_type = 'directMarketing.emailClicked' THEN 1 ELSE 0 END) AS emails_clicked,
@@ -32,7 +34,7 @@ SELECT
     MINUTES_BETWEEN(MAX(CASE WHEN e.event_type = 'decisioning.propositionDisplay' THEN e.timestamp END), $as_of) AS minutes_since_proposition_displays,
     SUM(CASE WHEN e.timestamp >= $as_of - INTERVAL '7 days' THEN 1 ELSE 0 END) AS events_last_7_days,
     SUM(CASE WHEN e.timestamp >= $as_of - INTERVAL '28 days' THEN 1 ELSE 0 END) AS events_last_28_days
-FROM $profiles AS p
+FROM ($profiles) AS p
 LEFT JOIN $events AS e
     ON e.userid = p.userid AND e.timestamp < $as_of
 WHERE $profile_filter

@@ -51,7 +51,7 @@ def propensity_audiences(context: dg.AssetExecutionContext, config: AudiencesCon
         platform.delete_audience(stale)
         context.log.info(f"deleted audience {stale.name!r}: no longer configured")
     created = [platform.upsert_audience(i.name, i.description, i.lower, i.upper, scores) for i in intervals]
-    latest = platform.latest_scores(scores)
+    latest = platform.current_records(scores, PROPENSITY_SCORES)
     propensity = platform.query(audiences.latest_propensities_sql(platform.dialect, latest))["propensity"].to_numpy()
     reach = audiences.reach_table(propensity, intervals)
     platform_sizes = platform.audience_sizes(created, scores)

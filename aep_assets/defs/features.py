@@ -1,5 +1,6 @@
 """Query Service SQL over the platform datasets: EDA, the point-in-time training table, its export."""
 
+import hashlib
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -12,7 +13,7 @@ from aep_assets.defs.metadata import OWNERS, image, preview, table
 from aep_assets.lib import eda, features, plots
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES
 from aep_assets.lib.sql import Identifier
-from aep_assets.resources.platform import Platform
+from aep_assets.resources.platform import Dataset, Platform
 from aep_assets.resources.storage import Storage
 
 TRAINING_DATASET = "cmle_training_features"
@@ -27,12 +28,18 @@ class TrainingWindowConfig(dg.Config):
     horizon_days: float = Field(default=features.DEFAULT_HORIZON_DAYS, description="Label window after the cutoff.")
 
 
-def timeline_end(platform: Platform, events_table: str) -> datetime:
-    """The day after the newest event (the synthetic timeline ends at midnight UTC)."""
+def latest_event_time(platform: Platform, events_table: str) -> datetime:
+    """The newest event in the platform: the end of what is observed."""
     latest = platform.query(platform.render("latest_event_time", events=Identifier(events_table)))["latest"][0].as_py()
     if latest is None:
         raise ValueError(f"the experience event dataset {events_table} has no events")
-    return latest.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    return latest.astimezone(timezone.utc)
+
+
+def timeline_end(platform: Platform, events_table: str) -> datetime:
+    """The day after the newest event (the synthetic timeline ends at midnight UTC)."""
+    latest = latest_event_time(platform, events_table)
+    return latest.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
 
 
 @dg.asset(deps=["aep_profiles", "aep_experience_events"], group_name="features", owners=OWNERS,
@@ -50,21 +57,20 @@ def timeline_end(platform: Platform, events_table: str) -> datetime:
 def training_features(context: dg.AssetExecutionContext, config: TrainingWindowConfig, platform: Platform):
     events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name)
     profiles = platform.find_dataset_or_fail(PROFILES.name)
-    if config.cutoff:
-        cutoff = datetime.fromisoformat(config.cutoff)
-        cutoff = cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=timezone.utc)
-        window = features.Window(cutoff, cutoff + timedelta(days=config.horizon_days))
-    else:
-        window = features.Window.before_end(timeline_end(platform, events.table), config.cutoff_days_before_end,
-                                            config.horizon_days)
-    text = features.training_sql(platform.dialect, events.table, profiles.table, window)
+    window = training_window(config, platform, events.table)
+    current_profiles = platform.current_records(profiles, PROFILES)
+    text = features.training_sql(platform.dialect, events.table, current_profiles, window)
+    inputs = inputs_version(text, platform, [events, profiles])
     started = time.monotonic()
-    dataset = platform.create_table_as(TRAINING_DATASET, text)
+    dataset = unchanged_output(context, platform, TRAINING_DATASET, inputs)
+    if dataset is None:
+        dataset = platform.create_table_as(TRAINING_DATASET, text)
+    else:
+        context.log.info(f"same SQL and input batches as the last materialization: {dataset.table} kept as it is")
     seconds = time.monotonic() - started
     counts = platform.query(platform.render("label_rate", table=Identifier(dataset.table)))
     rows, positives = counts["profiles"][0].as_py(), counts["positives"][0].as_py() or 0
-    all_profiles = platform.query(platform.render("profile_count", profiles=Identifier(profiles.table)))[
-        "profiles"][0].as_py()
+    all_profiles = platform.query(platform.render("profile_count", profiles=current_profiles))["profiles"][0].as_py()
     converted_before = platform.query(platform.render(
         "converted_before", events=Identifier(events.table), cutoff=window.cutoff))["users"][0].as_py()
     label_rate = positives / rows if rows else 0.0
@@ -73,9 +79,9 @@ def training_features(context: dg.AssetExecutionContext, config: TrainingWindowC
     yield dg.MaterializeResult(
         metadata={"dataset_id": dataset.id, "table": dataset.table, "dagster/row_count": rows,
                   "cutoff": window.cutoff.isoformat(), "horizon_end": window.horizon_end.isoformat(),
-                  "label_rate": round(label_rate, 5), "sql_seconds": round(seconds, 2),
+                  "label_rate": round(label_rate, 5), "sql_seconds": round(seconds, 2), "inputs_version": inputs,
                   "sql": dg.MetadataValue.md(f"```sql\n{text}\n```"), "preview": preview(sample)},
-    )
+        data_version=dg.DataVersion(inputs))
     yield dg.AssetCheckResult(
         check_name="training_features_row_count", passed=rows == all_profiles - converted_before,
         metadata={"rows": rows, "profiles": all_profiles, "converted_before_cutoff": converted_before},
@@ -83,6 +89,39 @@ def training_features(context: dg.AssetExecutionContext, config: TrainingWindowC
     yield dg.AssetCheckResult(
         check_name="training_features_label_rate", passed=0.005 <= label_rate <= 0.5,
         metadata={"label_rate": label_rate, "positives": positives})
+
+
+def training_window(config: TrainingWindowConfig, platform: Platform, events_table: str) -> features.Window:
+    if config.cutoff:
+        cutoff = datetime.fromisoformat(config.cutoff)
+        cutoff = cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=timezone.utc)
+        return features.Window(cutoff, cutoff + timedelta(days=config.horizon_days))
+    return features.Window.before_end(timeline_end(platform, events_table), config.cutoff_days_before_end,
+                                      config.horizon_days)
+
+
+def inputs_version(text: str, platform: Platform, inputs: list[Dataset]) -> str:
+    """What a CTAS result depends on: its SQL and the successful batches of the datasets it reads."""
+    digest = hashlib.sha256(text.encode())
+    for dataset in inputs:
+        digest.update(f"\n{dataset.id}:".encode())
+        digest.update(",".join(sorted(b.id for b in platform.completed_batches(dataset) if b.status == "success"))
+                      .encode())
+    return digest.hexdigest()[:32]
+
+
+def unchanged_output(context: dg.AssetExecutionContext, platform: Platform, name: str, inputs: str) -> Dataset | None:
+    """The dataset the last materialization built from the same inputs, if it is still there: a re-run
+    then rebuilds nothing and adds no batch."""
+    record = context.instance.get_latest_materialization_event(context.asset_key)
+    if record is None:
+        return None
+    metadata = record.asset_materialization.metadata
+    dataset = platform.find_dataset(name)
+    recorded_inputs, recorded_id = metadata.get("inputs_version"), metadata.get("dataset_id")
+    if dataset is None or recorded_inputs is None or recorded_id is None:
+        return None
+    return dataset if (recorded_inputs.value, recorded_id.value) == (inputs, dataset.id) else None
 
 
 @dg.asset(deps=["training_features"], group_name="features", owners=OWNERS, kinds={"postgres", "sql"},

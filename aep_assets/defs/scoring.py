@@ -2,6 +2,7 @@
 
 import json
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
@@ -10,18 +11,22 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from aep_assets.defs.features import latest_event_time
 from aep_assets.defs.metadata import OWNERS, image
 from aep_assets.defs.partitions import profile_batches
 from aep_assets.lib import features, modeling, plots
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
 from aep_assets.lib.drift import population_stability_index
 from aep_assets.lib.source_files import file_digest
-from aep_assets.lib.sql import Identifier
+from aep_assets.lib.sql import Fragment, Identifier
 from aep_assets.resources.platform import Platform
 from aep_assets.resources.storage import Storage, StorageError
 from aep_assets.resources.tracking import MlflowTracking
 
 SCORING_DATASET = "cmle_scoring_features"
+# A full rescore is one run over every batch, one statement for all of them. backfill_policy is a Dagster
+# beta parameter: chosen knowingly, so its warning is not repeated at every import (UI, daemon, each run).
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 PSI_WARNING = 0.2
 
@@ -34,21 +39,22 @@ def scores_parent(scores_dataset_id: str, profile_batch: str) -> str:
           backfill_policy=SINGLE_RUN, group_name="scoring", owners=OWNERS, kinds={"postgres", "sql"},
           check_specs=[dg.AssetCheckSpec("scoring_features_row_count", asset="scoring_features", blocking=True,
                                          description="One feature row per profile of the batch.")],
-          description="Current features (as of now, from all events so far) of the profiles of one profile "
-                      "batch, with the same SQL definitions as training; stored in the platform dataset "
-                      "cmle_scoring_features, replaced per batch.")
+          description="Current features of the profiles of one profile batch (the batch that last touched "
+                      "each profile), as of the newest event in the platform, with the same SQL definitions as "
+                      "training; stored in the platform dataset cmle_scoring_features, replaced per batch.")
 def scoring_features(context: dg.AssetExecutionContext, platform: Platform):
     events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name)
     profiles = platform.find_dataset_or_fail(PROFILES.name)
-    as_of = datetime.now(timezone.utc).replace(microsecond=0)
+    as_of = features.scoring_as_of(latest_event_time(platform, events.table))
     keys = context.partition_keys
-    text = features.scoring_sql(platform.dialect, events.table, profiles.table, as_of, keys)
+    current_profiles = platform.current_records(profiles, PROFILES)
+    text = features.scoring_sql(platform.dialect, events.table, current_profiles, as_of, keys)
     dataset = platform.ensure_table(SCORING_DATASET, text)
     started = time.monotonic()
     rows = platform.replace_slices(dataset, "profile_batch", keys, text)
     context.log.info(f"{sum(rows.values())} feature rows for {len(keys)} batch(es) "
                      f"in {time.monotonic() - started:.2f} s")
-    expected = profiles_per_batch(platform, profiles.table, keys)
+    expected = profiles_per_batch(platform, current_profiles, keys)
     counts = {key: {"feature_rows": rows[key], "profiles": expected[key]} for key in keys}
     mismatched = [k for k, c in counts.items() if c["feature_rows"] != c["profiles"] or c["profiles"] == 0]
     yield dg.MaterializeResult(metadata={"dataset": SCORING_DATASET, "as_of": as_of.isoformat(),
@@ -72,7 +78,8 @@ def scoring_features(context: dg.AssetExecutionContext, platform: Platform):
           description="Propensity of every profile of the batch from the champion model "
                       "(models:/cmle_propensity_model@champion), as parquet under "
                       "cmle/ingress/{scores_dataset_id}/profileBatch={batch}/exportTime={ts}/ with userid, "
-                      "propensity, decile, model name and version, scored time.")
+                      "propensity, decile, model name and version, and the features' point in time (as_of); "
+                      "re-scoring the same features with the same model adds no file.")
 def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, storage: Storage,
                       mlflow_tracking: MlflowTracking):
     champion = mlflow_tracking.champion_version()
@@ -86,31 +93,25 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
     scores_dataset = platform.ensure_dataset(PROPENSITY_SCORES)
     feature_table = platform.find_dataset_or_fail(SCORING_DATASET)
     profiles = platform.find_dataset_or_fail(PROFILES.name)
-    scored_at = datetime.now(timezone.utc).replace(microsecond=0)
     summaries, all_scores, checked, invalid, drift = [], [], [], {}, {}
-    profiles_in_batch = profiles_per_batch(platform, profiles.table, context.partition_keys)
+    profiles_in_batch = profiles_per_batch(platform, platform.current_records(profiles, PROFILES),
+                                           context.partition_keys)
     for key in context.partition_keys:
+        started = time.monotonic()
         frame = pl.from_arrow(platform.query(platform.render(
             "scoring_features_of_batch", table=Identifier(feature_table.table), profile_batch=key)))
-        names = feature_names or features.feature_columns(frame.columns)
-        started = time.monotonic()
-        propensity = modeling.predict(estimator, frame, names) if frame.height else np.empty(0)
-        scores = pa.table({
-            "userid": frame["userid"].to_arrow().cast(pa.string()), "propensity": pa.array(propensity, pa.float64()),
-            "decile": pa.array(modeling.deciles_of(propensity), pa.int32()),
-            "model_name": pa.repeat(pa.scalar(champion.name), frame.height).cast(pa.string()),
-            "model_version": pa.repeat(pa.scalar(str(champion.version)), frame.height).cast(pa.string()),
-            "scored_at": pa.repeat(pa.scalar(scored_at, pa.timestamp("us", "UTC")), frame.height),
-            "profile_batch": pa.repeat(pa.scalar(key), frame.height).cast(pa.string()),
-        })
-        problems = modeling.score_problems(scores, profiles_in_batch[key])
+        scores = score_table(frame, estimator, feature_names or features.feature_columns(frame.columns), champion,
+                             key)
+        propensity = scores["propensity"].to_numpy()
         checked.append(propensity)
+        problems = modeling.score_problems(scores, profiles_in_batch[key])
         if problems:  # never written, so the ingestion downstream cannot pick them up
             invalid[key] = problems
             continue
         parent = scores_parent(scores_dataset.id, key)
         previous = _previous_scores(storage, parent)
-        manifest = storage.write_table(f"{parent}/exportTime={scored_at:%Y%m%d%H%M%S}", scores,
+        # Same features and model, same bytes: the storage keeps the earlier folder and nothing lands again.
+        manifest = storage.write_table(f"{parent}/exportTime={datetime.now(timezone.utc):%Y%m%d%H%M%S}", scores,
                                        compression="zstd", suffix=".parquet")
         seconds = time.monotonic() - started
         psi = population_stability_index(previous, propensity) if previous is not None else None
@@ -124,7 +125,7 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
                          f"→ {storage.uri(manifest.prefix)}")
     values = np.concatenate(all_scores) if all_scores else np.empty(0)
     return_metadata = {
-        "model": f"{champion.name} v{champion.version}", "scored_at": scored_at.isoformat(),
+        "model": f"{champion.name} v{champion.version}",
         "dagster/row_count": int(values.size), "batches": dg.MetadataValue.md(
             pl.DataFrame(summaries).to_pandas().to_markdown(index=False, floatfmt=".4g")),
         "histogram_plot": image(plots.histogram(values, "Propensity of the scored profiles", "propensity"), "scores"),
@@ -145,15 +146,30 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
         metadata={"psi": dg.MetadataValue.json(drift)})
 
 
+def score_table(frame: pl.DataFrame, estimator, names: list[str], champion, profile_batch: str) -> pa.Table:
+    """The scores of one batch's feature rows (in profile order): a function of the features and the model
+    only, so the same inputs give the same file."""
+    propensity = modeling.predict(estimator, frame, names) if frame.height else np.empty(0)
+    as_of = frame[features.AS_OF_COLUMN].to_arrow().cast(pa.timestamp("us")).cast(pa.timestamp("us", "UTC"))
+    return pa.table({
+        "userid": frame["userid"].to_arrow().cast(pa.string()), "propensity": pa.array(propensity, pa.float64()),
+        "decile": pa.array(modeling.deciles_of(propensity), pa.int32()),
+        "model_name": pa.repeat(pa.scalar(champion.name), frame.height).cast(pa.string()),
+        "model_version": pa.repeat(pa.scalar(str(champion.version)), frame.height).cast(pa.string()),
+        "as_of": as_of,
+        "profile_batch": pa.repeat(pa.scalar(profile_batch), frame.height).cast(pa.string()),
+    })
+
+
 def _range_of(values: np.ndarray) -> dict[str, float]:
     """Min and max of every score checked, the invalid ones included (where a failure shows)."""
     finite = values[~np.isnan(values)]
     return {"min": float(finite.min()) if finite.size else 0.0, "max": float(finite.max()) if finite.size else 0.0}
 
 
-def profiles_per_batch(platform: Platform, profiles_table: str, keys: list[str]) -> dict[str, int]:
-    """How many profiles each of these batches of the profile dataset holds (0 for an unknown batch)."""
-    counted = platform.query(platform.render("profiles_per_batch", profiles=Identifier(profiles_table),
+def profiles_per_batch(platform: Platform, current_profiles: Fragment, keys: list[str]) -> dict[str, int]:
+    """How many current profiles each of these batches last touched (0 for an unknown batch)."""
+    counted = platform.query(platform.render("profiles_per_batch", profiles=current_profiles,
                                              profile_batches=list(keys)))
     found = dict(zip(counted["profile_batch"].to_pylist(), counted["profiles"].to_pylist(), strict=True))
     return {key: int(found.get(key, 0)) for key in keys}

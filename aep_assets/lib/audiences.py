@@ -51,14 +51,11 @@ def reach_table(propensity: np.ndarray, intervals: list[Interval]) -> pl.DataFra
     return pl.DataFrame(rows)
 
 
-def latest_scores(scores_table: str) -> sql.Fragment:
-    """The profile view of the scores dataset (latest score per profile) computed from all its records."""
-    return sql.Fragment(sql.substitute(sql.load("latest_scores"), scores=sql.Identifier(scores_table)))
-
-
-def members_sql(dialect: sql.Dialect, latest: sql.Fragment, lower: float, upper: float) -> str:
-    """Members of [lower, upper) among `latest`, the latest score per profile as a subquery."""
-    return sql.transpile(sql.substitute(sql.load("audience_members"), latest_scores=latest,
+def members_sql(dialect: sql.Dialect, latest: sql.Fragment, profiles: sql.Fragment, lower: float,
+                upper: float) -> str:
+    """Members of [lower, upper) among `latest` (the latest score per profile), with their current
+    attributes from `profiles` (the current profile per userid), both subqueries."""
+    return sql.transpile(sql.substitute(sql.load("audience_members"), latest_scores=latest, profiles=profiles,
                                         lower=lower, upper=upper), dialect)
 
 
@@ -76,8 +73,9 @@ def sizes_sql(dialect: sql.Dialect, latest: sql.Fragment, bounds: list[tuple[flo
                                         size_columns=sql.Fragment(columns)), dialect)
 
 
-def latest_members_sql(dialect: sql.Dialect, latest: sql.Fragment) -> str:
-    return sql.transpile(sql.substitute(sql.load("latest_members"), latest_scores=latest), dialect)
+def latest_members_sql(dialect: sql.Dialect, latest: sql.Fragment, profiles: sql.Fragment) -> str:
+    return sql.transpile(sql.substitute(sql.load("latest_members"), latest_scores=latest, profiles=profiles),
+                         dialect)
 
 
 def activation_parent(audience_name: str) -> str:

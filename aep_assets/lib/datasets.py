@@ -28,7 +28,10 @@ class DatasetSpec:
     unique_identity: bool = False
     allowed_values: dict[str, frozenset[str]] = field(default_factory=dict)
     not_in_future: str | None = None
-    merge_by: str | None = None  # profile merge: per identity, the record with the latest value of this column wins
+    # Profile merge (lib/merge.py): readers see one current record per identity, the one with the latest
+    # values of `merge_by`, then of the batch; the dataset itself keeps every batch.
+    merged: bool = False
+    merge_by: tuple[str, ...] = ()
     description: str = ""
 
 
@@ -43,6 +46,7 @@ PROFILES = DatasetSpec(
     profile_enabled=True,
     unique_identity=True,
     not_in_future="created_at",
+    merged=True,  # a later batch re-sending a known userid updates that profile
 )
 
 EXPERIENCE_EVENTS = DatasetSpec(
@@ -63,12 +67,14 @@ PROPENSITY_SCORES = DatasetSpec(
     description="Propensity scores per profile (the reference's _{tenant}.propensity), profile-enabled",
     schema=pa.schema([
         ("userid", pa.string()), ("propensity", pa.float64()), ("decile", pa.int32()),
-        ("model_name", pa.string()), ("model_version", pa.string()), ("scored_at", TIMESTAMP),
+        # as_of: the point in time of the features the score comes from (the newest event when scored)
+        ("model_name", pa.string()), ("model_version", pa.string()), ("as_of", TIMESTAMP),
         ("profile_batch", pa.string()),
     ]),
     profile_enabled=True,
     unique_identity=True,
-    merge_by="scored_at",
+    merged=True,
+    merge_by=("as_of",),
 )
 
 ALL = (PROFILES, EXPERIENCE_EVENTS, PROPENSITY_SCORES)
@@ -103,9 +109,7 @@ def conform(table: pa.Table, spec: DatasetSpec, source: str, now: datetime | Non
     conformed = pa.Table.from_arrays(columns, schema=spec.schema)
 
     identity = conformed.column(spec.identity)
-    nulls = identity.null_count + pc.sum(pc.equal(pc.utf8_length(identity), 0)).as_py() if len(identity) else 0
-    if nulls:
-        problems.append(f"{nulls} row(s) without identity {spec.identity!r}")
+    problems += _identity_problems(identity, spec.identity)
     if spec.unique_identity:
         distinct = pc.count_distinct(identity).as_py()
         if distinct != conformed.num_rows - identity.null_count:
@@ -126,8 +130,23 @@ def conform(table: pa.Table, spec: DatasetSpec, source: str, now: datetime | Non
     return conformed
 
 
+def _identity_problems(identity: pa.ChunkedArray, name: str) -> list[str]:
+    """Rows that cannot be merged into a profile: identity null, empty or blank, in some rows or in all."""
+    rows = len(identity)
+    null = identity.null_count
+    blank = int(pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(identity)), 0), min_count=0).as_py())
+    if not null + blank:
+        return []
+    how = " and ".join(f"{count} {kind}" for count, kind in ((null, "null"), (blank, "empty or blank")) if count)
+    if null + blank == rows:
+        return [f"no row has an identity: column {name!r} is missing in all {rows} row(s) ({how})"]
+    return [f"{null + blank} of {rows} row(s) without identity {name!r} ({how})"]
+
+
 def _castable(source: pa.DataType, target: pa.DataType) -> bool:
     """Only lossless widenings; a string where a number is expected is an error, not a guess."""
+    if pa.types.is_null(source):  # a column of nulls only: its values are checked, not its type
+        return True
     if pa.types.is_timestamp(target):
         return pa.types.is_timestamp(source)
     if pa.types.is_floating(target):

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
 
-from aep_assets.lib import audiences, names, sql
+from aep_assets.lib import names, sql
 from aep_assets.lib.datasets import BatchValidationError, DatasetSpec, conform
 from aep_assets.resources import aep_http, aep_xdm
 from aep_assets.resources.aep_http import (
@@ -50,6 +50,7 @@ from aep_assets.resources.platform import (
     export_parent,
 )
 from aep_assets.resources.storage import MANIFEST, Manifest, S3Storage, Storage, StorageError
+from aep_assets.settings import SettingError
 
 T = TypeVar("T")
 
@@ -80,7 +81,7 @@ _PG_ARROW = {16: pa.bool_(), 20: pa.int64(), 21: pa.int32(), 23: pa.int32(), 700
              1082: pa.date32(), 1114: pa.timestamp("us", tz="UTC"), 1184: pa.timestamp("us", tz="UTC")}
 
 
-class AEPConfigError(ValueError):
+class AEPConfigError(SettingError):
     """AEP mode is missing configuration; the message names what to set."""
 
 
@@ -675,10 +676,6 @@ class AEPPlatform(Platform):
             return job if status == "SUCCEEDED" else None
         job = self._wait(f"segment job {job_id}", check)
         return int(((job.get("metrics") or {}).get("segmentedProfileCounter") or {}).get(audience.id, 0))
-
-    def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
-        latest = self.latest_scores(scores)
-        return self.query(audiences.members_sql(self.dialect, latest, audience.lower, audience.upper))
 
     def activate_audience(self, audience: Audience, scores: Dataset, storage: Storage,
                           export_time: datetime) -> Manifest:

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
 
-from aep_assets.lib import audiences, names, sql
-from aep_assets.lib.datasets import PROPENSITY_SCORES, BatchValidationError, DatasetSpec, conform
+from aep_assets.lib import audiences, merge, names, sql
+from aep_assets.lib.datasets import PROFILES, PROPENSITY_SCORES, BatchValidationError, DatasetSpec, conform
 from aep_assets.resources.embedded_postgres import EmbeddedPostgres, ServerAddress
 from aep_assets.resources.platform import (
     Audience,
@@ -161,7 +161,7 @@ class LocalPlatform(Platform):
             if spec.unique_identity:  # record datasets are read per batch; events never are
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {names.quoted(table + '_batch')} "
                              f"ON {names.quoted(table)} (_acp_batchid)")
-            if spec.merge_by is None:  # otherwise profiles are looked up in the merged table, keyed by identity
+            if not spec.merged:  # otherwise profiles are looked up in the merged table, keyed by identity
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {names.quoted(table + '_identity')} "
                              f"ON {names.quoted(table)} ({names.quoted(spec.identity)})")
             conn.execute(
@@ -176,16 +176,19 @@ class LocalPlatform(Platform):
         """For a dataset with a merge policy, the table of its merged records (one per identity) that
         ingestion keeps current, as the Profile store is: reading the latest record per profile is then
         a plain scan, not a window over every record ever ingested. Built from the records once."""
-        if spec.merge_by is None:
+        if not spec.merged:
             return
-        merged = names.quoted(_merged_table(table))
+        merged = names.quoted(merge.merged_table(table))
         if conn.execute("SELECT to_regclass(%s)", (merged,)).fetchone()[0] is not None:
             return
         # Every rescoring rewrites each profile's row: free space on the page lets PostgreSQL update it in
         # place (a HOT update, no new index entry): 100k upserts at 1M rows 0.38-0.49 s instead of 0.65-0.72 s.
         conn.execute(f"CREATE TABLE {merged} (LIKE {names.quoted(table)}, PRIMARY KEY ({names.quoted(spec.identity)})) "
                      "WITH (fillfactor = 50)")
-        conn.execute(_merge_sql(spec, table))
+        if not spec.merge_by:  # profiles: scoring reads them per batch (the batch that last touched each one)
+            conn.execute(f"CREATE INDEX {names.quoted(merge.merged_table(table) + '_batch')} "
+                         f"ON {merged} (_acp_batchid)")
+        conn.execute(merge.upsert_sql(spec, table))
 
     def find_dataset(self, name: str) -> Dataset | None:
         with self.connect() as conn:
@@ -250,8 +253,8 @@ class LocalPlatform(Platform):
                 with self._arrow_connection() as conn:
                     with conn.cursor() as cursor:
                         cursor.adbc_ingest(dataset.table, table, mode="append")
-                        if spec.merge_by is not None:
-                            cursor.execute(_merge_sql(spec, dataset.table, batch_id))
+                        if spec.merged:
+                            cursor.execute(merge.upsert_sql(spec, dataset.table, batch_id))
                         cursor.execute(
                             f"UPDATE catalog.batches SET status = 'success', record_count = {table.num_rows}, "
                             f"completed_ms = {_NOW_MS} WHERE id = '{batch_id}'")
@@ -272,7 +275,7 @@ class LocalPlatform(Platform):
             # A merged dataset is read through its merged table, by plain scans: nothing to plan.
             landed = Batch(*guard.execute(f"SELECT {_BATCH_COLUMNS} FROM catalog.batches WHERE id = %s",
                                           (batch_id,)).fetchone())
-            if spec.merge_by is None:
+            if not spec.merged:
                 analyzed_rows = guard.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
                                               (names.quoted(dataset.table),)).fetchone()[0]
                 if (landed.record_count or 0) * 10 >= analyzed_rows:
@@ -374,9 +377,8 @@ class LocalPlatform(Platform):
         return [row[0] for row in rows]
 
     # --- segmentation -------------------------------------------------------------------------
-    def latest_scores(self, scores: Dataset) -> sql.Fragment:
-        columns = ", ".join(names.quoted(f.name, "column") for f in PROPENSITY_SCORES.schema)
-        return sql.Fragment(f"SELECT {columns} FROM {names.quoted(_merged_table(scores.table))}")
+    def current_records(self, dataset: Dataset, spec: DatasetSpec) -> sql.Fragment:
+        return merge.merged_table_sql(spec, dataset.table)
 
     def upsert_audience(self, name: str, description: str, lower: float, upper: float,
                         scores: Dataset) -> Audience:
@@ -404,17 +406,13 @@ class LocalPlatform(Platform):
         with self.connect() as conn:
             conn.execute("DELETE FROM catalog.audiences WHERE id = %s", (audience.id,))
 
-    def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
-        latest = self.latest_scores(scores)
-        return self.query(audiences.members_sql(self.dialect, latest, audience.lower, audience.upper))
-
     def audience_size(self, audience: Audience, scores: Dataset) -> int:
         return self.audience_sizes([audience], scores)[audience.name]
 
     def audience_sizes(self, selected: list[Audience], scores: Dataset) -> dict[str, int]:
         if not selected:
             return {}
-        row = self.query(audiences.sizes_sql(self.dialect, self.latest_scores(scores),
+        row = self.query(audiences.sizes_sql(self.dialect, self.current_records(scores, PROPENSITY_SCORES),
                                              [(a.lower, a.upper) for a in selected]))
         return {a.name: int(row[f"size_{i}"][0].as_py() or 0) for i, a in enumerate(selected)}
 
@@ -425,36 +423,15 @@ class LocalPlatform(Platform):
     def activate_audiences(self, selected: list[Audience], scores: Dataset, storage: Storage,
                            export_time: datetime) -> dict[str, Manifest]:
         """The latest scores are read once and cut per audience (each cut is a full-table read otherwise)."""
-        latest = self.query(audiences.latest_members_sql(self.dialect, self.latest_scores(scores)))
+        profiles = self.current_records(self.find_dataset_or_fail(PROFILES.name), PROFILES)
+        latest = self.query(audiences.latest_members_sql(self.dialect, self.current_records(scores, PROPENSITY_SCORES),
+                                                         profiles))
         propensity = latest["propensity"]
         manifests = {}
         for audience in selected:
             inside = pc.and_(pc.greater_equal(propensity, audience.lower), pc.less(propensity, audience.upper))
             manifests[audience.name] = self.write_activation(storage, audience, latest.filter(inside), export_time)
         return manifests
-
-
-def _merged_table(table: str) -> str:
-    return names.identifier(f"{table}__profile", "table name")
-
-
-def _merge_sql(spec: DatasetSpec, table: str, batch_id: str | None = None) -> str:
-    """Upsert the records of one batch (None: of all batches) into the merged table: per identity, the
-    record with the latest `merge_by` wins (ties: the later batch, as the window over all records orders
-    them). A batch of a unique-identity dataset has one record per identity (validated at ingestion)."""
-    identity, order = names.quoted(spec.identity, "column"), names.quoted(spec.merge_by, "column")
-    columns = [names.quoted(f.name, "column") for f in spec.schema] + ["_acp_batchid"]
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != identity)
-    merged = names.quoted(_merged_table(table))
-    one_per_identity = batch_id is not None and spec.unique_identity
-    rows = "TRUE" if batch_id is None else sql.substitute("_acp_batchid = $batch", batch=batch_id)
-    return (f"INSERT INTO {merged} ({', '.join(columns)}) "
-            f"SELECT {'' if one_per_identity else f'DISTINCT ON ({identity}) '}{', '.join(columns)} "
-            f"FROM {names.quoted(table)} WHERE {rows} "
-            # identity order: the primary key's btree fills page by page instead of at random
-            f"ORDER BY {identity}{'' if one_per_identity else f', {order} DESC, _acp_batchid DESC'} "
-            f"ON CONFLICT ({identity}) DO UPDATE SET {updates} "
-            f"WHERE ({merged}.{order}, {merged}._acp_batchid) <= (EXCLUDED.{order}, EXCLUDED._acp_batchid)")
 
 
 _BATCH_COLUMNS = "id, dataset_id, status, created_ms, completed_ms, record_count, error, idempotency_key"

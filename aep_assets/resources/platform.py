@@ -15,8 +15,8 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
-from aep_assets.lib import audiences, sql
-from aep_assets.lib.datasets import DatasetSpec
+from aep_assets.lib import audiences, merge, sql
+from aep_assets.lib.datasets import PROFILES, PROPENSITY_SCORES, DatasetSpec
 from aep_assets.resources.storage import Manifest, Storage
 
 
@@ -127,10 +127,6 @@ class Platform(dg.ConfigurableResource, ABC):
         """Remove an audience this project no longer configures."""
 
     @abstractmethod
-    def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
-        """The audience's current members: userid and propensity."""
-
-    @abstractmethod
     def audience_size(self, audience: Audience, scores: Dataset) -> int:
         """How many profiles the audience holds now (the segment job's count in AEP)."""
 
@@ -149,9 +145,16 @@ class Platform(dg.ConfigurableResource, ABC):
         """How many batches of one dataset may be ingested at the same time."""
         return 1
 
-    def latest_scores(self, scores: Dataset) -> sql.Fragment:
-        """The profile view of the scores dataset as a subquery: per profile, its latest score."""
-        return audiences.latest_scores(scores.table)
+    def current_records(self, dataset: Dataset, spec: DatasetSpec) -> sql.Fragment:
+        """The profile view of a merged dataset as a subquery: per identity, its current record (the
+        profile of a userid, the latest score of a profile), whatever the batches that sent them."""
+        return merge.current_records_sql(spec, dataset.table)
+
+    def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
+        """The audience's current members: userid, contact attributes (the current profile) and propensity."""
+        profiles = self.current_records(self.find_dataset_or_fail(PROFILES.name), PROFILES)
+        return self.query(audiences.members_sql(self.dialect, self.current_records(scores, PROPENSITY_SCORES),
+                                                profiles, audience.lower, audience.upper))
 
     def audience_sizes(self, selected: list[Audience], scores: Dataset) -> dict[str, int]:
         """Sizes of several audiences (implementations may count them in one pass)."""
@@ -164,15 +167,10 @@ class Platform(dg.ConfigurableResource, ABC):
 
     @staticmethod
     def write_activation(storage: Storage, audience: Audience, members: pa.Table, export_time: datetime) -> Manifest:
-        """Members under cmle/activation/{audience}/exportTime=.../; older exports of the audience are
-        removed only once the new one is complete."""
-        parent = audiences.activation_parent(audience.name)
-        prefix = f"{parent}/exportTime={export_time:%Y%m%d%H%M%S}"
-        manifest = storage.write_table(prefix, members, compression="zstd", suffix=".parquet")
-        for older in storage.complete_writes(parent):
-            if older.prefix != prefix:
-                storage.delete_prefix(older.prefix)
-        return manifest
+        """Members under cmle/activation/{audience}/exportTime=.../; the audience's previous export is
+        removed only once the new one is complete, or kept instead of it when the members are the same."""
+        prefix = f"{audiences.activation_parent(audience.name)}/exportTime={export_time:%Y%m%d%H%M%S}"
+        return storage.write_table(prefix, members, compression="zstd", suffix=".parquet", keep=1)
 
     def render(self, name: str, **params: object) -> str:
         """`sql/{name}.sql` in this platform's dialect."""
