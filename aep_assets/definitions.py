@@ -8,7 +8,7 @@ import dagster as dg
 
 from aep_assets.defs import activation, automation, features, platform, scoring, synthetic, training
 from aep_assets.resources.environment import build_resources
-from aep_assets.settings import REPO_ROOT, platform_env
+from aep_assets.settings import REPO_ROOT, SettingError, platform_env
 
 ASSETS = [
     synthetic.synthetic_data,
@@ -38,6 +38,16 @@ def production_executor():
     return k8s_job_executor.configured(config)
 
 
+def schedules() -> list[dg.ScheduleDefinition]:
+    retrain, rescore = (os.environ.get("AEP_ASSETS_RETRAIN_CRON", "0 3 * * 1"),
+                        os.environ.get("AEP_ASSETS_RESCORE_CRON", "0 4 * * *"))
+    try:
+        return automation.build_schedules(retrain, rescore)
+    except dg.DagsterInvalidDefinitionError as error:
+        raise SettingError(f"AEP_ASSETS_RETRAIN_CRON ({retrain!r}) and AEP_ASSETS_RESCORE_CRON ({rescore!r}) must be "
+                           f"5-field cron expressions such as '0 3 * * 1' (UTC): {error}") from None
+
+
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     """Everything Dagster loads; tests pass their own resources."""
     return dg.Definitions(
@@ -45,9 +55,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         jobs=[automation.load_synthetic_data_job, automation.train_propensity_model_job,
               automation.rescore_profile_batch_job, automation.simulate_profile_batch_job],
         sensors=[automation.new_profile_batch_sensor, automation.champion_promoted_sensor],
-        schedules=automation.build_schedules(
-            os.environ.get("AEP_ASSETS_RETRAIN_CRON", "0 3 * * 1"),
-            os.environ.get("AEP_ASSETS_RESCORE_CRON", "0 4 * * *")),
+        schedules=schedules(),
         resources=resources if resources is not None else build_resources(platform_env()),
         executor=production_executor(),
     )

@@ -6,15 +6,21 @@ in $DAGSTER_HOME, so the UI shows every run and materialization afterwards.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 
 from aep_assets.definitions import build_definitions
 from aep_assets.defs.automation import RANGE_END, RANGE_START
 from aep_assets.defs.partitions import profile_batches
+from aep_assets.defs.synthetic import SyntheticDataConfig, check_same_population, source_folder
 from aep_assets.lib.datasets import PROFILES
+from aep_assets.lib.source_files import population_of
+from aep_assets.settings import REPO_ROOT, SettingError, assets_home, platform_env
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -73,9 +79,31 @@ def summary(instance: dg.DagsterInstance, timings: dict) -> str:
     return "\n".join(lines)
 
 
+def prepare_dagster_home() -> None:
+    """$DAGSTER_HOME (default $AEP_ASSETS_HOME/dagster) with the project's dagster.yaml, as `make` prepares it."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(assets_home() / "dagster")))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        shutil.copyfile(REPO_ROOT / "dagster.yaml", config)
+
+
+def check_settings() -> None:
+    """Every setting `make run` depends on, before any run starts: a wrong one is one line, not a failed run."""
+    platform_env()
+    generator_config = SyntheticDataConfig().generator_config()
+    check_same_population(source_folder(), population_of(generator_config))
+
+
 def main() -> int:
+    try:
+        check_settings()
+        defs = build_definitions()
+    except SettingError as error:
+        print(f"aep_assets: {error}", file=sys.stderr)
+        return 2
+    prepare_dagster_home()
     instance = dg.DagsterInstance.get()
-    defs = build_definitions()
     timings = run_all(defs, instance)
     print(summary(instance, timings))
     return 0

@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from aep_assets.defs.partitions import profile_batches
-from aep_assets.defs.synthetic import SyntheticDataConfig, source_folder
+from aep_assets.defs.synthetic import SyntheticDataConfig, configured_end, source_folder
 from aep_assets.lib import synthetic
 from aep_assets.lib.cursor import BatchCursor, plan_tick
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES
@@ -64,8 +64,9 @@ def new_profile_batch_sensor(context: dg.SensorEvaluationContext, platform: Plat
     batches = platform.completed_batches(dataset, completed_after_ms=cursor.after_ms,
                                          limit=MAX_BATCHES_PER_TICK * 4 + len(cursor.ids_at_ms))
     plan = plan_tick(cursor, batches, known.__contains__, MAX_BATCHES_PER_TICK)
+    errors = {b.id: b.error for b in batches}
     for batch_id in plan.failed:
-        context.log.warning(f"skipping failed profile batch {batch_id}")
+        context.log.warning(f"skipping failed profile batch {batch_id}: {errors.get(batch_id) or 'no error given'}")
     if not plan.requested:
         context.update_cursor(plan.cursor.serialize())
         return dg.SkipReason(f"no new profile batches ({len(plan.failed)} failed, "
@@ -118,10 +119,10 @@ class SimulateBatchConfig(dg.Config):
 def land_profile_batch(context: dg.OpExecutionContext, config: SimulateBatchConfig, platform: Platform):
     folder = source_folder()
     landed = folder.root / "landed"
-    index = SyntheticDataConfig().batches + len(list((landed / "profiles").glob("batch=*.parquet")))
-    generator_config = synthetic.SyntheticConfig(
-        profiles=config.profiles, batches=1, seed=config.seed,
-        end=SyntheticDataConfig().generator_config().end)
+    initial_batches = (folder.population() or {}).get("batches", SyntheticDataConfig().batches)
+    index = initial_batches + len(list((landed / "profiles").glob("batch=*.parquet")))
+    generator_config = synthetic.SyntheticConfig(profiles=config.profiles, batches=1, seed=config.seed,
+                                                 end=configured_end(""))
     started = time.monotonic()
     data = synthetic.generate_batch(generator_config, index)
     files = folder.write_batch(landed, index, data, timeline_of(generator_config))

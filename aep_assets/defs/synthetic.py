@@ -9,8 +9,8 @@ from pydantic import Field
 from aep_assets.defs.metadata import OWNERS, preview, table
 from aep_assets.lib import synthetic
 from aep_assets.lib.features import DEFAULT_CUTOFF_DAYS_BEFORE_END, DEFAULT_HORIZON_DAYS
-from aep_assets.lib.source_files import SourceFolder, timeline_of
-from aep_assets.settings import assets_home, default_profiles
+from aep_assets.lib.source_files import SourceFolder, population_of, timeline_of
+from aep_assets.settings import SettingError, assets_home, checked_profiles, default_profiles
 
 
 class SyntheticDataConfig(dg.Config):
@@ -19,25 +19,49 @@ class SyntheticDataConfig(dg.Config):
     profiles: int = Field(default=0, description="Profiles to generate; 0 means $AEP_ASSETS_PROFILES (100000).")
     batches: int = Field(default=10, description="Profile batches, each landing as one platform batch.")
     seed: int = Field(default=42, description="Same seed, same data.")
-    timeline_end: str = Field(default="", description="ISO date the 10-week timeline ends; empty: today 00:00 UTC.")
+    timeline_end: str = Field(default="", description="ISO date the 10-week timeline ends; empty: the end of the "
+                                                      "population already in this home, else today 00:00 UTC.")
     weeks: int = Field(default=10)
     cutoff_days_before_end: float = Field(default=DEFAULT_CUTOFF_DAYS_BEFORE_END,
                                           description="Observation cutoff of the ground truth (oracle).")
     horizon_days: float = Field(default=DEFAULT_HORIZON_DAYS, description="Label horizon of the ground truth.")
 
     def generator_config(self) -> synthetic.SyntheticConfig:
+        profiles = checked_profiles(self.profiles, "synthetic_data's profiles") if self.profiles else default_profiles()
+        if self.batches < 1 or profiles < self.batches:
+            raise SettingError(f"synthetic_data's batches must be between 1 and the number of profiles "
+                               f"({profiles}), got {self.batches}")
         return synthetic.SyntheticConfig(
-            profiles=self.profiles or default_profiles(), batches=self.batches, seed=self.seed,
-            end=timeline_end(self.timeline_end), weeks=self.weeks,
-            cutoff_days_before_end=self.cutoff_days_before_end, horizon_days=self.horizon_days)
+            profiles=profiles, batches=self.batches, seed=self.seed, end=configured_end(self.timeline_end),
+            weeks=self.weeks, cutoff_days_before_end=self.cutoff_days_before_end, horizon_days=self.horizon_days)
 
 
-def timeline_end(value: str) -> datetime:
-    """The configured end, or the start of today (UTC): events never lie in the future."""
+def configured_end(value: str) -> datetime:
+    """The configured end of the timeline; empty: the end of the population this home already holds (a
+    re-run, even on another day, regenerates the same one), else the start of today (UTC), so that events
+    never lie in the future."""
     if value:
-        end = datetime.fromisoformat(value)
+        try:
+            end = datetime.fromisoformat(value)
+        except ValueError:
+            raise SettingError(f"synthetic_data's timeline_end must be an ISO date such as 2026-12-01, "
+                               f"got {value!r}") from None
         return end if end.tzinfo else end.replace(tzinfo=timezone.utc)
+    recorded = source_folder().population()
+    if recorded:
+        return datetime.fromisoformat(recorded["end"])
     return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def check_same_population(folder: SourceFolder, wanted: dict) -> None:
+    """Refuse to generate a different population into a home that already holds one: its batches would
+    land beside the old ones and the platform would hold two populations under the same ids."""
+    recorded = folder.population()
+    if recorded is None or recorded == wanted:
+        return
+    changed = ", ".join(f"{k} {recorded[k]} -> {wanted[k]}" for k in sorted(wanted) if recorded.get(k) != wanted[k])
+    raise SettingError(f"the home {assets_home()} holds another synthetic population ({changed}): use a new "
+                       "AEP_ASSETS_HOME for it, or `make clean` to remove everything in this one first")
 
 
 def source_folder() -> SourceFolder:
@@ -60,6 +84,8 @@ def synthetic_data(context: dg.AssetExecutionContext, config: SyntheticDataConfi
     generator_config = config.generator_config()
     timeline = timeline_of(generator_config)
     folder = source_folder()
+    population = population_of(generator_config)
+    check_same_population(folder, population)
     staging = folder.staging()
     profile_counts, event_frames, truth_frames = [], [], []
     started = datetime.now(timezone.utc)
@@ -75,7 +101,7 @@ def synthetic_data(context: dg.AssetExecutionContext, config: SyntheticDataConfi
         eta = elapsed / (batch + 1) * (generator_config.batches - batch - 1)
         context.log.info(f"generated batch {batch + 1}/{generator_config.batches}: {data.profiles.height} profiles, "
                          f"{data.events.height} events; ETA {eta:.0f} s")
-    folder.publish(staging, timeline)
+    folder.publish(staging, timeline, population)
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
 
     per_type = (pl.concat(event_frames).group_by("event_type").agg(pl.col("len").sum().alias("events"))

@@ -2,7 +2,7 @@
 would drop them, plus the generator's ground truth (kept apart from the platform: evaluation only).
 
 Layout under `$AEP_ASSETS_HOME/synthetic/current/`: `profiles/batch=NNNNN.parquet`,
-`events/batch=NNNNN.parquet`, `truth/batch=NNNNN.parquet`, `timeline.json`. A new generation is
+`events/batch=NNNNN.parquet`, `truth/batch=NNNNN.parquet`, `timeline.json`, `population.json`. A new generation is
 written beside it and swapped in with one rename, so readers never see a mix.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from aep_assets.lib.processes import alive
 from aep_assets.lib.synthetic import SyntheticConfig, SyntheticData
 
 
@@ -41,6 +42,13 @@ def timeline_of(config: SyntheticConfig) -> Timeline:
     return Timeline(config.start, config.end, config.cutoff, config.cutoff + timedelta(days=config.horizon_days))
 
 
+def population_of(config: SyntheticConfig) -> dict:
+    """What identifies a synthetic population: the same values generate the same users and events, byte
+    for byte (the label window only changes the ground truth, which never lands in the platform)."""
+    return {"profiles": config.profiles, "batches": config.batches, "seed": config.seed, "weeks": config.weeks,
+            "end": config.end.isoformat()}
+
+
 def write_parquet(frame: pl.DataFrame, path: Path, compression: str = "zstd") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(frame.to_arrow(), path, compression=compression)
@@ -55,9 +63,12 @@ class SourceFolder:
         self.current = self.root / "current"
 
     def staging(self) -> Path:
+        """A fresh folder to generate into; the staging folders of generators killed midway are removed."""
+        for leftover in [*self.root.glob(".staging-*"), *self.root.glob(".retired-*")]:
+            pid = leftover.name.rsplit("-", 1)[1]
+            if pid.isdigit() and (int(pid) == os.getpid() or not alive(int(pid))):
+                shutil.rmtree(leftover)
         path = self.root / f".staging-{os.getpid()}"
-        if path.exists():
-            shutil.rmtree(path)
         path.mkdir(parents=True)
         return path
 
@@ -70,9 +81,10 @@ class SourceFolder:
             "truth": write_parquet(truth, folder / "truth" / name),
         }
 
-    def publish(self, staging: Path, timeline: Timeline) -> None:
+    def publish(self, staging: Path, timeline: Timeline, population: dict) -> None:
         """Swap a finished staging folder in as `current`."""
         (staging / "timeline.json").write_text(timeline.to_json())
+        (staging / "population.json").write_text(json.dumps(population, indent=2, sort_keys=True))
         retired = self.root / f".retired-{os.getpid()}"
         if self.current.exists():
             os.replace(self.current, retired)
@@ -85,6 +97,11 @@ class SourceFolder:
         if not folder.exists():
             raise FileNotFoundError(f"no synthetic {kind} under {folder}: materialize the synthetic assets first")
         return sorted(folder.glob("batch=*.parquet"))
+
+    def population(self) -> dict | None:
+        """The population the current files were generated as (None: none yet, or an older home)."""
+        path = self.current / "population.json"
+        return json.loads(path.read_text()) if path.exists() else None
 
     def timeline(self) -> Timeline:
         return Timeline.from_json((self.current / "timeline.json").read_text())
