@@ -1,12 +1,15 @@
 """Pure logic: the sensor's cursor, the model gate, drift, reach, names."""
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from aep_assets.lib.audiences import Interval, reach_table
 from aep_assets.lib.cursor import BatchCursor, plan_tick
+from aep_assets.lib.datasets import PROFILES, BatchValidationError, conform
 from aep_assets.lib.drift import population_stability_index
 from aep_assets.lib.gate import GateSettings, evaluate_gate
 from aep_assets.lib.names import InvalidNameError, audience_name, identifier, slug
@@ -175,3 +178,29 @@ def test_training_does_not_depend_on_the_export_row_order():
     assert np.array_equal(shuffled.test_ids, ordered.test_ids)
     assert np.array_equal(shuffled.estimator.predict_proba(shuffled.x_test),
                           ordered.estimator.predict_proba(ordered.x_test))
+
+
+def profile_rows(userid: pa.Array) -> pa.Table:
+    n = len(userid)
+    text = pa.array(["x"] * n)
+    created = pa.array([datetime(2026, 1, 1, tzinfo=timezone.utc)] * n, pa.timestamp("us", "UTC"))
+    return pa.table({"userid": userid, "email": text, "first_name": text, "last_name": text, "country": text,
+                     "city": text, "created_at": created})
+
+
+@pytest.mark.parametrize("userid,message", [
+    (pa.nulls(4), r"no row has an identity: column 'userid' is missing in all 4 row\(s\) \(4 null\)"),
+    (pa.nulls(4, pa.string()), r"missing in all 4 row\(s\) \(4 null\)"),
+    (pa.array(["", " ", "\t", ""]), r"missing in all 4 row\(s\) \(4 empty or blank\)"),
+    (pa.array(["a", None, "", "b"]), r"2 of 4 row\(s\) without identity 'userid' \(1 null and 1 empty or blank\)"),
+    (pa.array([1, 2, 3, 4]), r"column 'userid' has type int64, expected string"),
+])
+def test_every_way_an_identity_can_be_missing_is_named(userid, message):
+    with pytest.raises(BatchValidationError, match=message) as error:
+        conform(profile_rows(userid), PROFILES, "file profiles.parquet")
+    assert str(error.value).startswith("file profiles.parquet: ")
+
+
+def test_a_batch_without_the_identity_column_names_it():
+    with pytest.raises(BatchValidationError, match=r"missing column\(s\) \['userid'\]"):
+        conform(profile_rows(pa.array(["a"])).drop_columns(["userid"]), PROFILES, "file p.parquet")
