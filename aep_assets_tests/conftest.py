@@ -21,6 +21,8 @@ os.environ["DAGSTER_HOME"] = str(_SESSION_HOME / "dagster")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 (_SESSION_HOME / "dagster").mkdir()
 
+pytest_plugins = ["aep_assets.testing.pytest_plugin"]  # aep_contracts, aep_fake_platform
+
 from aep_assets.resources.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from aep_assets.resources.local_platform import LocalPlatform  # noqa: E402
 from aep_assets.resources.storage import LocalStorage  # noqa: E402
@@ -56,6 +58,12 @@ def embedded_server(session_home):
 def platform(embedded_server, session_home) -> LocalPlatform:
     """A LocalPlatform on its own empty database of the session's server."""
     return LocalPlatform(home=str(session_home), database=f"test_{secrets.token_hex(4)}")
+
+
+@pytest.fixture
+def aep_query_service(platform) -> LocalPlatform:
+    """Query Service of the fake platform (aep_assets.testing.pytest_plugin): the test's own database."""
+    return platform
 
 
 @pytest.fixture

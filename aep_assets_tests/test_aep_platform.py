@@ -29,7 +29,8 @@ from aep_assets.resources.aep_http import AEPError
 from aep_assets.resources.aep_platform import AEPConfigError, AEPPlatform
 from aep_assets.resources.platform import BatchIngestionError, export_parent
 from aep_assets.resources.storage import LocalStorage, S3Storage
-from aep_assets_tests.aep_payloads import (
+from aep_assets.testing import AEPPlatformOverPostgres, fake_credentials
+from aep_assets.testing.fake_aep import (
     CLIENT_ID,
     CLIENT_SECRET,
     ORG_ID,
@@ -47,35 +48,28 @@ T0 = datetime(2025, 1, 6, tzinfo=timezone.utc)
 def sleeps(monkeypatch) -> list[float]:
     """Every wait of AEP mode, recorded instead of slept."""
     recorded: list[float] = []
-    monkeypatch.setattr(aep_http, "_sleep", recorded.append)
+    monkeypatch.setattr(aep_http, "pause", recorded.append)
     return recorded
 
 
 @pytest.fixture
-def fake(platform):
-    """The fake platform; `platform` (a LocalPlatform on a fresh database) plays Query Service's server."""
+def fake(platform, aep_contracts):
+    """The fake platform; `platform` (a LocalPlatform on a fresh database) plays Query Service's server.
+    Every exchange is checked against Adobe's API descriptions: a test passes only if none broke them."""
     address = platform.address()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield FakeAEP(rsps, address.conninfo, address)
-
-
-class PostgresQueryServiceAEP(AEPPlatform):
-    """AEPPlatform whose Query Service speaks PostgreSQL: here it is the embedded server, so SQL that
-    differs between dialects (the flat views, the project's SQL files) is rendered for PostgreSQL.
-    Everything else is the production class; the Spark/Query Service text is checked separately."""
-
-    @property
-    def dialect(self):
-        return "postgres"
+        fake = FakeAEP(rsps, address.conninfo, address, aep_contracts)
+        yield fake
+    assert not fake.violations, "exchanges that break Adobe's API descriptions:\n" + "\n".join(
+        dict.fromkeys(fake.violations))
 
 
 _made: list[AEPPlatform] = []
 
 
 def make_aep(**overrides) -> AEPPlatform:
-    config = dict(org_id=ORG_ID, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, scopes=SCOPES, sandbox=SANDBOX,
-                  tenant_id="acme", query_sslmode="disable", http_attempts=4, http_backoff_seconds=0.5)
-    _made.append(PostgresQueryServiceAEP(**{**config, **overrides}))
+    _made.append(AEPPlatformOverPostgres(**fake_credentials(http_attempts=4, http_backoff_seconds=0.5,
+                                                            **overrides)))
     return _made[-1]
 
 
@@ -224,13 +218,33 @@ def test_ensure_dataset_creates_field_groups_schema_identity_and_profile_dataset
                           "xdm:sourceProperty": "/_acme/userid", "xdm:namespace": "ECID",
                           "xdm:property": "xdm:code", "xdm:isPrimary": True}
     union = fake.calls("PATCH", "/tenant/schemas/")[0]
-    assert union["path"].endswith(f"/tenant/schemas/{schema['meta:altId']}/")
+    assert union["path"].endswith(f"/tenant/schemas/{schema['meta:altId']}")  # as described: no trailing slash
     assert json.loads(union["body"]) == [{"op": "add", "path": "/meta:immutableTags", "value": ["union"]}]
     created = json.loads(fake.calls("POST", "/catalog/dataSets")[0]["body"])
     assert created["schemaRef"]["id"] == schema["$id"]
     assert created["tags"] == {"unifiedProfile": ["enabled:true"], "unifiedIdentity": ["enabled:true"]}
     assert created["fileDescription"]["format"] == "parquet"
     assert (dataset.name, dataset.table, dataset.profile_enabled) == ("cmle_profiles", "cmle_profiles_flat", True)
+
+
+def test_the_tenant_is_read_from_the_registry_stats(fake, sleeps):
+    assert make_aep(tenant_id="").tenant() == "acme"
+    assert fake.calls("GET", "/schemaregistry/stats$")  # the described path (aepp's helper adds a slash)
+
+
+def test_registry_pages_by_title_with_orderby(aep, fake):
+    """The registry refuses `start` without `orderby` (start is the last title of the previous page)."""
+    aep.ensure_dataset(PROFILES)
+    title = next(iter(fake.field_groups.values()))["title"]
+    earlier = {"$id": "https://ns.adobe.com/acme/mixins/0", "meta:altId": "_acme.mixins.0", "version": "1.0",
+               "title": "A first page without it"}
+    fake.inject("GET", "/tenant/fieldgroups$", 200, body={
+        "results": [earlier], "_page": {"orderby": "title", "next": "https://platform.adobe.io/next", "count": 1},
+        "_links": {"next": None}})
+    assert aep._by_title("fieldgroups", title)["title"] == title
+    pages = fake.calls("GET", "/tenant/fieldgroups$")[-2:]
+    assert pages[0]["query"] == {"property": f"title=={title}", "orderby": "title"}
+    assert pages[1]["query"] == {"property": f"title=={title}", "orderby": "title", "start": earlier["title"]}
 
 
 def test_second_ensure_dataset_creates_nothing(aep, fake):
@@ -407,6 +421,14 @@ def test_failed_query_errors_are_surfaced(aep, fake):
         aep.create_table_as("cmle_bad", "SELECT * FROM no_such_table")
 
 
+def test_a_query_that_times_out_fails_at_once_with_adobe_error(aep, fake, sleeps):
+    """TIMEOUT is terminal in query-service.yaml: it was polled until our own six-hour limit."""
+    fake.query_timeouts = 1
+    with pytest.raises(AEPError, match=r"TIMEOUT: 58000 Query timed out"):
+        aep.create_table_as("cmle_slow", "SELECT 1 AS one")
+    assert len(sleeps) == 1  # one poll after SUBMITTED, then the terminal state
+
+
 def test_ensure_table_and_replace_slices(aep, fake):
     shape = "SELECT 'x' AS userid, 1.0 AS score, 'k' AS profile_batch"
     table = aep.ensure_table("cmle_scoring", shape)
@@ -453,15 +475,31 @@ def test_export_runs_the_dataflow_and_writes_a_manifest(fake, sleeps, moto_endpo
                                                                  "s3SecretKey": S3_SECRET_KEY}}
     assert base["connectionSpec"]["id"] == "4fce964d-3f37-408f-9778-e597338a21ee"
     target = json.loads(fake.calls("POST", "/flowservice/targetConnections")[0]["body"])["params"]
-    assert target == {"mode": "Server-to-server", "bucketName": "cmle-exports", "path": "team/cmle/egress",
-                      "compression": "GZIP", "datasetFileType": "PARQUET"}
+    assert target == {"bucketName": "cmle-exports", "path": "team/cmle/egress", "compression": "GZIP",
+                      "datasetFileType": "PARQUET"}
     source = json.loads(fake.calls("POST", "/flowservice/sourceConnections")[0]["body"])
     assert source["params"]["datasets"][0]["dataSetId"] == dataset.id
     flow = json.loads(fake.calls("POST", "/flowservice/flows")[0]["body"])
     assert flow["flowSpec"]["id"] == "269ba276-16fc-47db-92b0-c1049a3c131f"
+    schedule = flow["scheduleParams"]  # what the destinations API accepts; an explicit end (else six months)
+    assert (schedule["interval"], schedule["timeUnit"]) == (1, "day") and schedule["endTime"] > schedule["startTime"]
     assert len(fake.calls("POST", "/adhocrun")) == 3 and sleeps.count(60) == 2  # 'not ready' twice, then ran
     aep._export_flow(dataset, storage)
     assert len(fake.calls("POST", "/flowservice/flows")) == 1  # looked up by name the second time
+
+
+def test_a_failed_export_run_raises_adobe_errors(fake, sleeps, moto_endpoint, monkeypatch):
+    """The run's outcome is metrics.statusSummary.status; a failed run also has completedAtUTC, which
+    made it pass as a success when the outcome was read from a status field runs do not have."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket="cmle-failed")
+    storage = S3Storage(bucket="cmle-failed", endpoint_url=moto_endpoint, region_name="us-east-1")
+    aep = make_aep(export_s3_access_key_id=S3_ACCESS_KEY, export_s3_secret_access_key=S3_SECRET_KEY)
+    dataset = aep.create_table_as("cmle_training", "SELECT 1 AS userid")
+    fake.export_outcome = "failed"
+    with pytest.raises(AEPError, match=r"run .* failed: CONNECTOR-2001-500 Access denied to the bucket path"):
+        aep.export_dataset(dataset, storage, datetime.now(timezone.utc))
 
 
 def test_export_needs_s3_storage_and_keys(aep, fake, tmp_path):
@@ -475,7 +513,8 @@ def test_export_needs_s3_storage_and_keys(aep, fake, tmp_path):
 # --- audiences ----------------------------------------------------------------------------------------
 def test_audiences_are_upserted_by_name_evaluated_and_deleted(aep, fake, tmp_path):
     fake.segments["foreign"] = {"id": "foreign", "name": "Someone else's", "description": "not ours",
-                                "expression": {"type": "PQL", "format": "pql/text", "value": "true"}}
+                                "expression": {"type": "PQL", "format": "pql/text", "value": "true"},
+                                "schema": {"name": "_xdm.context.profile"}}
     fake.segment_count = lambda segment: 42
     scores = aep.ensure_dataset(PROPENSITY_SCORES)
     high = aep.upsert_audience("Propensity - high", "Likely", 0.2, 0.5, scores)

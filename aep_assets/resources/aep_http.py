@@ -31,7 +31,7 @@ log = logging.getLogger("aep_assets.aep")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-def _sleep(seconds: float) -> None:
+def pause(seconds: float) -> None:
     """Every wait in AEP mode goes through here (tests replace it)."""
     time.sleep(seconds)
 
@@ -150,10 +150,10 @@ class TokenProvider:
             except requests.RequestException as error:
                 if attempt + 1 >= self._policy.attempts:
                     raise AEPError(f"IMS token request failed: {type(error).__name__}: {self._redact(error)}") from None
-                _sleep(self._policy.delay(attempt, None))
+                pause(self._policy.delay(attempt, None))
                 continue
             if response.status_code in RETRY_STATUSES and attempt + 1 < self._policy.attempts:
-                _sleep(self._policy.delay(attempt, retry_after_seconds(response)))
+                pause(self._policy.delay(attempt, retry_after_seconds(response)))
                 continue
             break
         if response.status_code != 200:
@@ -211,7 +211,7 @@ class AEPSession(requests.Session):
                                    f"{type(error).__name__}: {self.redact(error)}") from None
                 delay = self.policy.delay(attempt - 1, None)
                 log.warning("%s %s: %s, retry %d in %.1f s", method, path, type(error).__name__, attempt, delay)
-                _sleep(delay)
+                pause(delay)
                 continue
             if response.status_code == 401 and to_platform and not refreshed:
                 log.info("%s %s -> 401, refreshing the access token once", method, path)
@@ -225,7 +225,7 @@ class AEPSession(requests.Session):
                 delay = self.policy.delay(attempt, wait)
                 attempt += 1
                 log.warning("%s %s -> %d, retry %d in %.1f s", method, path, response.status_code, attempt, delay)
-                _sleep(delay)
+                pause(delay)
                 continue
             break
         if response.status_code >= 400:

@@ -147,7 +147,9 @@ class AEPPlatform(Platform):
 
     def tenant(self) -> str:
         if self._tenant is None:
-            self._tenant = (self.tenant_id or self.api().schema.getTenantId()).lstrip("_")
+            api = self.api()
+            tenant = self.tenant_id or api.schema.connector.getData(f"{api.schema.endpoint}/stats")["tenantId"]
+            self._tenant = tenant.lstrip("_")
             names.identifier(self._tenant, "tenant id")
         return self._tenant
 
@@ -160,7 +162,7 @@ class AEPPlatform(Platform):
                 return result
             if time.monotonic() + delay > deadline:
                 raise TimeoutError(f"{what}: not finished after {self.wait_timeout_seconds:.0f} s")
-            aep_http._sleep(delay)
+            aep_http.pause(delay)
             delay = min(delay * 2, self.poll_max_seconds)
 
     # --- XDM and catalog ----------------------------------------------------------------------
@@ -173,10 +175,11 @@ class AEPPlatform(Platform):
             schema_id = self._ensure_schema(spec, tenant)
             body = {"name": spec.name, "description": spec.description,
                     "schemaRef": {"id": schema_id, "contentType": "application/vnd.adobe.xed-full+json;version=1"},
-                    "fileDescription": {"persisted": True, "containerFormat": "parquet", "format": "parquet"}}
+                    "fileDescription": {"format": "parquet"}}
             if spec.profile_enabled:
                 body["tags"] = {"unifiedProfile": ["enabled:true"], "unifiedIdentity": ["enabled:true"]}
-            created = api.catalog.createDataSet(data=body)
+            created = api.catalog.connector.postData(f"{api.catalog.endpoint}/dataSets", data=body,
+                                                     headers=_json(api.catalog.header))
             dataset_id = created[0].split("/")[-1]
             log.info("created dataset %s (%s)", spec.name, dataset_id)
             found = (dataset_id, api.catalog.getDataSet(dataset_id)[dataset_id])
@@ -220,33 +223,40 @@ class AEPPlatform(Platform):
         for key in plan.field_groups:
             group = self._by_title("fieldgroups", groups[key].title)
             if group is None:
-                group = api.schema.createFieldGroup(aep_xdm.field_group_body(groups[key], tenant))
+                group = api.schema.connector.postData(f"{api.schema.endpoint}/tenant/fieldgroups",
+                                                      data=aep_xdm.field_group_body(groups[key], tenant),
+                                                      headers=_json(api.schema.header))
                 log.info("created field group %r", groups[key].title)
             group_ids.append(group["$id"])
         schema = self._by_title("schemas", plan.title)
         if schema is None:
-            schema = api.schema.createSchema(aep_xdm.schema_body(plan, group_ids))
+            schema = api.schema.connector.postData(f"{api.schema.endpoint}/tenant/schemas",
+                                                   data=aep_xdm.schema_body(plan, group_ids),
+                                                   headers=_json(api.schema.header))
             log.info("created schema %r", plan.title)
         self._ensure_identity(schema["$id"], tenant)
         if spec.profile_enabled and "union" not in schema.get("meta:immutableTags", []):
-            api.schema.enableSchemaForRealTime(schema["meta:altId"])
+            api.schema.connector.patchData(
+                f"{api.schema.endpoint}/tenant/schemas/{schema['meta:altId']}", headers=_json(api.schema.header),
+                data=[{"op": "add", "path": "/meta:immutableTags", "value": ["union"]}])
         return schema["$id"]
 
     def _by_title(self, kind: str, title: str) -> dict | None:
-        """A tenant schema or field group by exact title (all pages), or None."""
+        """A tenant schema or field group by exact title (all pages), or None. The registry pages by
+        `orderby`: `start` is the last title of the previous page (it refuses `start` without `orderby`)."""
         api = self.api()
-        params: dict = {"property": f"title=={title}"}
+        params: dict = {"property": f"title=={title}", "orderby": "title"}
         headers = {**api.schema.header, "Accept": "application/vnd.adobe.xed+json"}
         while True:
             page = api.schema.connector.getData(f"{api.schema.endpoint}/tenant/{kind}", params=params,
                                                 headers=dict(headers))
-            for item in page.get("results", []):
+            results = page.get("results", [])
+            for item in results:
                 if item.get("title") == title:
                     return item
-            following = (page.get("_page") or {}).get("next")
-            if not following:
+            if not (page.get("_page") or {}).get("next") or not results:
                 return None
-            params["start"] = following
+            params["start"] = results[-1]["title"]
 
     def _ensure_identity(self, schema_id: str, tenant: str) -> None:
         api = self.api()
@@ -257,9 +267,11 @@ class AEPPlatform(Platform):
         for descriptor in listing.get("xdm:descriptorIdentity", []):
             if descriptor.get("xdm:sourceSchema") == schema_id and descriptor.get("xdm:sourceProperty") == path:
                 return
-        api.schema.createDescriptor(descriptorObj={
-            "@type": "xdm:descriptorIdentity", "xdm:sourceSchema": schema_id, "xdm:sourceVersion": 1,
-            "xdm:sourceProperty": path, "xdm:namespace": "ECID", "xdm:property": "xdm:code", "xdm:isPrimary": True})
+        api.schema.connector.postData(f"{api.schema.endpoint}/tenant/descriptors", headers=_json(api.schema.header),
+                                      data={"@type": "xdm:descriptorIdentity", "xdm:sourceSchema": schema_id,
+                                            "xdm:sourceVersion": 1, "xdm:sourceProperty": path,
+                                            "xdm:namespace": "ECID", "xdm:property": "xdm:code",
+                                            "xdm:isPrimary": True})
 
     # --- batch ingestion ----------------------------------------------------------------------
     def ingest_batch(self, dataset: Dataset, spec: DatasetSpec, files: Sequence[Path], *,
@@ -282,8 +294,10 @@ class AEPPlatform(Platform):
         if sum(len(p) for p in payloads) > MAX_BATCH_BYTES:
             raise BatchIngestionError(f"batch for dataset {dataset.name} exceeds the 100 GB batch guardrail")
         api = self.api()
-        created = api.ingestion.createBatch(datasetId=dataset.id, format="parquet",
-                                            tags={BATCH_KEY_TAG: [idempotency_key]})
+        created = api.ingestion.connector.postData(
+            f"{api.ingestion.endpoint}/batches", headers=_json(api.ingestion.header),
+            data={"datasetId": dataset.id, "inputFormat": {"format": "parquet"},
+                  "tags": {BATCH_KEY_TAG: [idempotency_key]}})
         batch_id = created["id"]
         try:
             for index, payload in enumerate(payloads):
@@ -314,12 +328,12 @@ class AEPPlatform(Platform):
         if len(payload) <= self.large_file_bytes:
             api.session.put(url, data=payload, headers=binary)
             return
-        api.session.post(url, params={"action": "INITIALIZE"})
+        api.session.post(url, params={"action": "INITIALIZE"}, headers=binary)
         for start in range(0, len(payload), self.chunk_bytes):
             chunk = payload[start:start + self.chunk_bytes]
             api.session.patch(url, data=chunk, headers={
                 **binary, "Content-Range": f"bytes {start}-{start + len(chunk) - 1}/{len(payload)}"})
-        api.session.post(url, params={"action": "COMPLETE"})
+        api.session.post(url, params={"action": "COMPLETE"}, headers=binary)
 
     def _terminal_batch(self, batch_id: str) -> dict | None:
         body = self.api().catalog.getBatch(batch_id).get(batch_id, {})
@@ -416,7 +430,7 @@ class AEPPlatform(Platform):
             state = api.query.getQuery(query_id)
             if state.get("state") == "SUCCESS":
                 return state
-            if state.get("state") in ("FAILED", "KILLED", "CANCELLED", "CANCELED"):
+            if state.get("state") in ("FAILED", "KILLED", "TIMEOUT", "CANCELLED", "CANCELED"):
                 errors = "; ".join(f"{e.get('code', '')} {e.get('message', '')}".strip()
                                    for e in state.get("errors") or []) or "no error details"
                 raise AEPError(f"Query Service query {query_id} ({name}) {state['state']}: {self.redact(errors)}")
@@ -559,16 +573,15 @@ class AEPPlatform(Platform):
         path = "/".join(p for p in (storage.prefix.strip("/"), "cmle/egress") if p)
         target_id = api.flow.createTargetConnection(data={
             "name": f"{flow_name} target", "baseConnectionId": base_id, "connectionSpec": spec,
-            "params": {"mode": "Server-to-server", "bucketName": storage.bucket, "path": path,
-                       "compression": "GZIP", "datasetFileType": "PARQUET"}})["id"]
+            "params": {"bucketName": storage.bucket, "path": path, "compression": "GZIP",
+                       "datasetFileType": "PARQUET"}})["id"]
         source_id = api.flow.createSourceConnection(data={
             "name": f"{flow_name} source", "connectionSpec": {"id": DATA_LAKE_SOURCE_SPEC, "version": "1.0"},
             "params": {"datasets": [{"dataSetId": dataset.id, "name": dataset.name}]}})["id"]
         flow = api.flow.createFlow(flow_spec_id=S3_DATASET_FLOW_SPEC, obj={
-            "name": flow_name, "flowSpec": {"id": S3_DATASET_FLOW_SPEC, "version": "1.0"},
+            "name": flow_name, "flowSpec": {"id": S3_DATASET_FLOW_SPEC},
             "sourceConnectionIds": [source_id], "targetConnectionIds": [target_id], "transformations": [],
-            # scheduled a year ahead: runs are ad hoc, as in Adobe's CMLE notebooks
-            "scheduleParams": {"interval": 24, "timeUnit": "hour", "startTime": int(time.time()) + 365 * 86400}})
+            "scheduleParams": export_schedule(time.time())})
         log.info("created export dataflow %s for %s", flow["id"], dataset.name)
         return flow["id"]
 
@@ -584,7 +597,7 @@ class AEPPlatform(Platform):
                     raise
                 log.info("dataflow %s not ready for an ad-hoc export yet (try %d), waiting %.0f s", flow_id,
                          attempt, self.export_not_ready_wait_seconds)
-                aep_http._sleep(self.export_not_ready_wait_seconds)
+                aep_http.pause(self.export_not_ready_wait_seconds)
         raise AssertionError("unreachable")
 
     def _finished_run(self, run_id: str) -> dict | None:
@@ -598,13 +611,10 @@ class AEPPlatform(Platform):
         if not runs or not isinstance(runs[0], dict):
             return None
         run = runs[0]
-        state = str((run.get("status") or {}).get("value", "")).lower()
+        state = str(((run.get("metrics") or {}).get("statusSummary") or {}).get("status", "")).lower()
         if state in ("failed", "cancelled", "canceled"):
-            errors = (run.get("status") or {}).get("errors") or []
-            raise AEPError(f"dataset export run {run_id} {state}: "
-                           + self.redact("; ".join(f"{e.get('code', '')} {e.get('message', '')}" for e in errors)))
-        completed = ((run.get("metrics") or {}).get("durationSummary") or {}).get("completedAtUTC")
-        return run if state == "success" or (not state and completed) else None
+            raise AEPError(f"dataset export run {run_id} {state}: {self.redact(run_errors(run)) or 'no error details'}")
+        return run if state == "success" else None
 
     # --- segmentation -------------------------------------------------------------------------
     def _segments(self) -> list[dict]:
@@ -730,6 +740,31 @@ class _Clients:
         self.destinations = service(destinationinstanceservice.DestinationInstanceService, "destinationInstance")
 
 
+def export_schedule(now: float) -> dict:
+    """The dataset-export flow's schedule. Runs are ad hoc (as in Adobe's CMLE notebooks), so the schedule
+    starts a year ahead, daily (the destinations API accepts interval 1, 3, 6, 9 or 12); it ends two years
+    ahead explicitly, since a flow without endTime ends six months after creation ("Export datasets by
+    using the Flow Service API"), after which ad-hoc runs are refused."""
+    start = int(now) + 365 * 86400
+    return {"timeUnit": "day", "interval": 1, "startTime": start, "endTime": start + 365 * 86400}
+
+
+def run_errors(run: dict) -> str:
+    """Adobe's errors of a flow run: in its activities' status summaries, directly (the "Monitor dataflows"
+    guide) or under `extensions` (flow-service.yaml)."""
+    errors = []
+    for activity in run.get("activities") or []:
+        summary = activity.get("statusSummary") or {}
+        for error in (summary.get("errors") or []) + ((summary.get("extensions") or {}).get("errors") or []):
+            errors.append(f"{error.get('code', '')} {error.get('message', '')}".strip())
+    return "; ".join(errors)
+
+
+def _json(header: dict) -> dict:
+    """aepp's service headers with the JSON content type the descriptions require on writes."""
+    return {**header, "Content-Type": "application/json"}
+
+
 def _profile_enabled(body: dict) -> bool:
     return any(str(v).replace(" ", "") == "enabled:true" for v in (body.get("tags") or {}).get("unifiedProfile", []))
 
@@ -749,7 +784,7 @@ def _batch(batch_id: str, body: dict) -> Batch:
                       for e in errors) or (f"status {raw}" if status == "failed" else None)
     dataset_id = next((o.get("id") for o in body.get("relatedObjects") or [] if o.get("type") == "dataSet"), "")
     metrics = body.get("metrics") or {}
-    records = metrics.get("recordCount", metrics.get("outputRecordCount"))
+    records = body.get("recordCount", metrics.get("outputRecordCount", metrics.get("recordCount")))
     key = ((body.get("tags") or {}).get(BATCH_KEY_TAG) or [None])[0]
     completed = body.get("completed") or (body.get("updated") if status != "loading" else None)
     return Batch(id=batch_id, dataset_id=dataset_id, status=status, created_ms=int(body.get("created") or 0),

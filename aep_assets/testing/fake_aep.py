@@ -1,11 +1,12 @@
-"""A fake Experience Platform for AEP-mode tests, served through `responses` under aepp's `requests`.
+"""A fake Experience Platform, served through `responses` under aepp's `requests`.
 
-Payload shapes follow Adobe's API reference and tutorials (IMS token v3, Schema Registry, Catalog,
-Batch Ingestion, Query Service, Segmentation, Flow Service, ad-hoc dataset export). State is kept so
-idempotency can be tested (a lookup finds what an earlier call created). Query Service is the local
-PostgreSQL: datasets get a real table (tenant fields as a composite column `_acme`, `_acp_batchid`),
-completed batches load their uploaded parquet into it, and asynchronous queries (CTAS, INSERT INTO)
-run on it. `inject` makes a route fail (429, 5xx, 401, ...) a number of times.
+Payloads follow Adobe's API descriptions (aep_assets.testing.contracts checks every exchange against
+them when given): IMS token v3, Schema Registry, Catalog, Batch Ingestion, Query Service,
+Segmentation, Flow Service, ad-hoc dataset export. State is kept so idempotency can be tested (a
+lookup finds what an earlier call created). Query Service is a PostgreSQL database: datasets get a real
+table (tenant fields as a composite column `_acme`, `_acp_batchid`), completed batches load their
+uploaded parquet into it, and asynchronous queries (CTAS, INSERT INTO) run on it. `inject` makes a
+route fail (429, 5xx, 401, ...) a number of times.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import responses
 
+from aep_assets.testing.contracts import Contracts
+from aep_assets.testing.exchange import Exchange
+
 GATEWAY = "https://platform.adobe.io"
 IMS_TOKEN_URL = "https://ims-na1.adobelogin.com/ims/token/v3"
 
@@ -32,9 +36,10 @@ ORG_ID = "FAKE0RG0000000000000000@AdobeOrg"
 CLIENT_ID = "fake-client-id-4c1e"
 CLIENT_SECRET = "p8e-FAKE-client-secret-NEVER-LOG-0x5eCr3t"
 S3_ACCESS_KEY = "AKIAFAKEFAKEFAKEFAKE"
-S3_SECRET_KEY = "FAKE/s3/secret/NEVER/LOG/abcdefghijklmnop0"
+S3_SECRET_KEY = "FAKE/s3/secret/NEVER/LOG/abcdefghijklmno"  # AWS's shape: 40 characters
 SCOPES = "openid,AdobeID,read_organizations,additional_info.projectedProductContext,session"
 SANDBOX = "cmle-dev"
+SANDBOX_ID = "6f2ff5d9-8b34-4d49-8c27-2ce3b4e5fa0a"
 TENANT = "acme"
 
 _PG_TYPES = {"string": "text", "number": "double precision", "integer": "bigint", "boolean": "boolean"}
@@ -50,8 +55,9 @@ def _pg_type(field: dict) -> str:
 class FakeAEP:
     """The platform behind https://platform.adobe.io and IMS, for one test."""
 
-    def __init__(self, rsps: responses.RequestsMock, conninfo: str, address):
-        self.rsps, self.conninfo, self.address = rsps, conninfo, address
+    def __init__(self, rsps: responses.RequestsMock, conninfo: str, address, contracts: Contracts | None = None):
+        self.rsps, self.conninfo, self.address, self.contracts = rsps, conninfo, address, contracts
+        self.violations: list[str] = []  # what the exchanges broke of Adobe's contracts
         self.ids = itertools.count(1)
         self.clock = itertools.count(1_700_000_000_000, 1000)
         self.tokens: list[str] = []
@@ -72,6 +78,10 @@ class FakeAEP:
         self.flows: dict[str, dict] = {}
         self.runs: dict[str, dict] = {}
         self.not_ready_answers = 0
+        self.registry_page_size = 20
+        self.job_outcome = "SUCCEEDED"  # what segment jobs end with
+        self.export_outcome = "success"  # what dataset-export runs end with
+        self.query_timeouts = 0  # how many next queries end in TIMEOUT
         self.segment_count: Callable[[dict], int] = lambda segment: 0
         self.on_export: Callable[[dict, str], None] = lambda flow, dataset_id: None
         self.routes = [
@@ -130,6 +140,9 @@ class FakeAEP:
         return [r for r in self.requests if (method is None or r["method"] == method) and re.search(path, r["path"])]
 
     def ims(self, request):
+        return self._checked(request, *self._ims(request))
+
+    def _ims(self, request):
         form = parse_qs(request.body if isinstance(request.body, str) else request.body.decode())
         self.requests.append({"method": "POST", "path": "/ims/token/v3", "form": form, "headers": request.headers})
         if form.get("client_secret") != [CLIENT_SECRET] or form.get("grant_type") != ["client_credentials"]:
@@ -141,6 +154,18 @@ class FakeAEP:
         return 200, {}, json.dumps({"access_token": token, "token_type": "bearer", "expires_in": 86399})
 
     def dispatch(self, request):
+        return self._checked(request, *self._dispatch(request))
+
+    def _checked(self, request, status: int, headers: dict, text: str):
+        """The answer, after checking the exchange against Adobe's contract."""
+        if self.contracts is not None:
+            body = request.body.encode() if isinstance(request.body, str) else request.body
+            self.violations += self.contracts.check(Exchange(
+                request.method, request.url, dict(request.headers), body, status,
+                {"Content-Type": "application/json", **headers}, text.encode() if isinstance(text, str) else text))
+        return status, headers, text
+
+    def _dispatch(self, request):
         parts = urlsplit(request.url)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         body = request.body
@@ -174,13 +199,22 @@ class FakeAEP:
     # --- Schema Registry ----------------------------------------------------------------------
     def stats(self, **_):
         return 200, {"imsOrg": ORG_ID, "tenantId": TENANT, "counts": {"schemas": len(self.schemas)},
-                     "recentlyCreatedResources": [], "recentlyUpdatedResources": [], "classUsage": {}}
+                     "recentlyCreatedResources": [], "recentlyUpdatedResources": [], "classUsage": []}
 
-    def list_titled(self, kind, query, **_):
+    def list_titled(self, kind, query, headers, **_):
+        """Pages by `orderby` as the registry does: `start` (the last value of the previous page) needs it."""
+        if "start" in query and "orderby" not in query:
+            return 400, {"type": "/placeholder/type/uri", "status": 400, "title": "BadRequestError",
+                         "detail": "start cannot be used without orderby"}
         store = self.field_groups if kind == "fieldgroups" else self.schemas
         title = query.get("property", "").removeprefix("title==")
-        return 200, {"results": [i for i in store.values() if i["title"] == title],
-                     "_page": {"orderby": "title", "next": None, "count": 1}, "_links": {}}
+        found = sorted((i for i in store.values() if i["title"] == title), key=lambda i: i["title"])
+        found = [i for i in found if "start" not in query or i["title"] > query["start"]]
+        limit = int(query.get("limit", self.registry_page_size))
+        page, rest = found[:limit], found[limit:]
+        following = f"{GATEWAY}/data/foundation/schemaregistry/tenant/{kind}?orderby=title&start=" if rest else None
+        return 200, {"results": page, "_page": {"orderby": "title", "next": following, "count": len(page)},
+                     "_links": {"next": following}}
 
     def _resource(self, body, kind):
         hex_id = secrets.token_hex(16)
@@ -225,7 +259,7 @@ class FakeAEP:
         table = re.sub(r"[^a-z0-9_]+", "_", body["name"].lower())
         tags = {**body.get("tags", {}), "adobe/pqs/table": [table]}
         self.datasets[dataset_id] = {**body, "tags": tags, "imsOrg": ORG_ID, "created": next(self.clock),
-                                     "updated": next(self.clock), "version": "1.0.0", "state": "DRAFT",
+                                     "updated": next(self.clock), "version": "1.0.0",
                                      "files": f"@/dataSetFiles?dataSetId={dataset_id}"}
         if "schemaRef" in body:
             self._create_table(table, self.schemas[body["schemaRef"]["id"]])
@@ -273,7 +307,7 @@ class FakeAEP:
         if query.get("orderBy") == "asc:completed":
             items.sort(key=lambda item: item[1].get("completed", 0))
         start, limit = int(query.get("start", 0)), int(query.get("limit", 20))
-        return 200, dict(items[start:start + limit])
+        return 200, {batch_id: _catalog_batch(batch) for batch_id, batch in items[start:start + limit]}
 
     def get_batch(self, batch_id, **_):
         batch = self.batches[batch_id]
@@ -282,7 +316,7 @@ class FakeAEP:
                 batch["_polls_left"] -= 1
             else:
                 batch.update(batch.pop("_outcome"))
-        return 200, {batch_id: {k: v for k, v in batch.items() if not k.startswith("_")}}
+        return 200, {batch_id: _catalog_batch(batch)}
 
     def create_batch(self, body, **_):
         batch_id = self.new_id(32)
@@ -301,14 +335,14 @@ class FakeAEP:
     def large_file(self, batch_id, dataset_id, name, query, **_):
         if query["action"] == "INITIALIZE":
             self.uploads[(batch_id, name)] = bytearray()
-        return 201 if query["action"] == "INITIALIZE" else 200, ""
+        return 201, ""  # both INITIALIZE and COMPLETE (the large-file guide)
 
     def file_chunk(self, batch_id, dataset_id, name, body, headers, **_):
         start, end, total = map(int, re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", headers["Content-Range"]).groups())
         data = self.uploads[(batch_id, name)]
         assert start == len(data) and end - start + 1 == len(body) and end < total
         data.extend(body)
-        return 200, ""
+        return 200, {"name": name, "sizeInBytes": len(data)}
 
     def batch_action(self, batch_id, query, **_):
         batch = self.batches[batch_id]
@@ -322,7 +356,7 @@ class FakeAEP:
             with self.pg() as conn:
                 conn.execute(f"DELETE FROM {table} WHERE _acp_batchid = %s", (batch_id,))
             batch.update(status="deleted", updated=next(self.clock))
-        return 200, ""
+        return 200, _catalog_batch(batch) | {"id": batch["id"]}
 
     def _load_batch(self, batch: dict) -> None:
         """Completed: parse every uploaded file, load the rows; success after one 'processing' poll."""
@@ -338,7 +372,7 @@ class FakeAEP:
             with self.pg() as conn:
                 conn.execute(f"INSERT INTO {table} SELECT * FROM json_populate_recordset(NULL::{table}, %s)",
                              (json.dumps([_lower(r) for r in rows], default=_iso),))
-            outcome = {"status": "success", "metrics": {"recordCount": len(rows), "inputFileCount": 1}}
+            outcome = {"status": "success", "recordCount": len(rows)}
         except Exception as error:  # a file AEP could not map: the batch fails with the reason
             outcome = {"status": "failed", "errors": [{"code": "INGEST-1212-400",
                                                        "description": f"Mapping failed: {error}"}]}
@@ -349,8 +383,7 @@ class FakeAEP:
         token = f"eyFAKE-query-service-token-{len(self.qs_tokens) + 1}-{secrets.token_hex(6)}"
         self.qs_tokens.append(token)
         return 200, {"username": self.address.user, "dbName": self.address.dbname, "host": self.address.host,
-                     "version": 1, "port": self.address.port, "token": token,
-                     "compressedToken": "eJz-fake", "websocketHost": "fake.platform-query-ws.adobe.io"}
+                     "version": 1, "port": self.address.port, "token": token, "compressedToken": "eJz-fake"}
 
     def create_query(self, body, **_):
         query_id = secrets.token_hex(16)
@@ -359,6 +392,11 @@ class FakeAEP:
                  "request": {k: body[k] for k in ("dbName", "sql", "name", "description") if k in body},
                  "state": "SUBMITTED", "rowCount": 0, "errors": [], "version": 1, "id": query_id,
                  "elapsedTime": 0, "client": "API", "created": "2025-01-08T21:47:46.865Z"}
+        if self.query_timeouts:  # Query Service gave up on it: TIMEOUT is terminal (query-service.yaml)
+            self.query_timeouts -= 1
+            state["_final"] = {"state": "TIMEOUT", "errors": [{"code": "58000", "message": "Query timed out"}]}
+            self.queries[query_id] = state
+            return 202, {k: v for k, v in state.items() if k != "_final"}
         try:
             state["_final"] = {"state": "SUCCESS", "rowCount": self._run_sql(sql)}
         except (psycopg.Error, ValueError) as error:
@@ -387,7 +425,7 @@ class FakeAEP:
         now = next(self.clock)
         self.batches[batch_id] = {"id": batch_id, "status": "success", "created": now, "completed": now,
                                   "relatedObjects": [{"type": "dataSet", "id": dataset_id}], "tags": {},
-                                  "metrics": {"recordCount": rows}}
+                                  "recordCount": rows}
         return rows
 
     def get_query(self, query_id, **_):
@@ -411,7 +449,6 @@ class FakeAEP:
         segment_id = _uuid()
         now = next(self.clock)
         self.segments[segment_id] = {**body, "id": segment_id, "imsOrgId": ORG_ID, "profileInstanceId": "ups",
-                                     "sandbox": {"sandboxName": SANDBOX, "type": "development", "default": False},
                                      "dataGovernancePolicy": {"excludeOptOut": True},
                                      "creationTime": now, "updateEpoch": now // 1000, "updateTime": now}
         return 200, self.segments[segment_id]
@@ -423,25 +460,34 @@ class FakeAEP:
 
     def delete_segment(self, segment_id, **_):
         del self.segments[segment_id]
-        return 200, ""
+        return 200, {"status": True, "message": "(Segment) Deleted"}
 
     def create_job(self, body, **_):
         job_id = secrets.token_hex(16)
-        ids = [item["segmentId"] for item in body]
+        now = next(self.clock)
+        segments = [{"segmentId": item["segmentId"], "segment": {
+            "id": item["segmentId"], "expression": self.segments[item["segmentId"]]["expression"],
+            "mergePolicy": {"id": "fake-default-merge-policy", "version": 1}}} for item in body]
         self.jobs[job_id] = {"id": job_id, "imsOrgId": ORG_ID, "status": "PROCESSING", "_polls": 0,
-                             "segments": [{"segmentId": i} for i in ids], "creationTime": next(self.clock)}
+                             "segments": segments, "creationTime": now, "updateTime": now,
+                             "metrics": {"totalTime": {"startTimeInMs": now},
+                                         "profileSegmentationTime": {"startTimeInMs": now}}}
         return 200, {k: v for k, v in self.jobs[job_id].items() if not k.startswith("_")}
 
     def get_job(self, job_id, **_):
         job = self.jobs[job_id]
         job["_polls"] += 1
-        if job["_polls"] > 1:
+        if job["_polls"] > 1 and job["status"] == "PROCESSING":
             ids = [s["segmentId"] for s in job["segments"]]
-            job.update(status="SUCCEEDED", metrics={
-                "totalTime": {"startTimeInMs": 1, "endTimeInMs": 2, "totalTimeInMs": 1},
+            start, end = job["creationTime"], next(self.clock)
+            span = {"startTimeInMs": start, "endTimeInMs": end, "totalTimeInMs": end - start}
+            job.update(status=self.job_outcome, updateTime=end, metrics={
+                "totalTime": span, "profileSegmentationTime": span,
                 "segmentedProfileCounter": {i: self.segment_count(self.segments[i]) for i in ids},
                 "segmentedProfileByStatusCounter": {i: {"realized": self.segment_count(self.segments[i]),
                                                         "exited": 0} for i in ids}})
+            if self.job_outcome == "FAILED":
+                job["errors"] = [{"code": "0090000009", "msg": "Error while evaluating segment expression"}]
         return 200, {k: v for k, v in job.items() if not k.startswith("_")}
 
     # --- Flow Service and ad-hoc export -------------------------------------------------------
@@ -452,8 +498,15 @@ class FakeAEP:
 
     def create_flow_item(self, kind, body, **_):
         item_id = _uuid()
-        item = {**body, "id": item_id, "kind": kind, "etag": f"\"{secrets.token_hex(4)}-0000-0200-0000\"",
-                "state": "enabled"}
+        now = next(self.clock)
+        item = {**body, "id": item_id, "etag": f"\"{secrets.token_hex(4)}-0000-0200-0000\"", "state": "enabled",
+                "description": body.get("description", ""), "imsOrgId": ORG_ID, "sandboxId": SANDBOX_ID,
+                "sandboxName": SANDBOX, "createdBy": f"{CLIENT_ID}@AdobeID", "updatedBy": f"{CLIENT_ID}@AdobeID",
+                "createdClient": CLIENT_ID, "updatedClient": CLIENT_ID}
+        if kind == "flows":
+            item["inheritedAttributes"] = {"properties": {"isDestinationFlow": True}}
+        else:
+            item.update(createdAt=now, updatedAt=now, version="\"0100\"")
         (self.flows if kind == "flows" else self.connections)[item_id] = item
         return 201, {"id": item_id, "etag": item["etag"]}
 
@@ -472,17 +525,28 @@ class FakeAEP:
             "id": dataset_id, "statusURL": f"{GATEWAY}/data/foundation/flowservice/runs/{run_id}"}]}]}
 
     def get_run(self, run_id, **_):
+        """A run of the dataset-export flow, its outcome in metrics.statusSummary ("Monitor dataflows")."""
         run = self.runs[run_id]
         run["_polls"] += 1
         done = run["_polls"] > 1
-        if done and "_exported" not in run:
+        if done and "_exported" not in run and self.export_outcome == "success":
             self.on_export(self.flows[run["flowId"]], run["dataset"])
             run["_exported"] = True
         summary = {"startedAtUTC": 1675807719411, **({"completedAtUTC": 1675807799416} if done else {})}
-        return 200, {"items": [{"id": run_id, "flowId": run["flowId"], "sandboxName": SANDBOX, "imsOrgId": ORG_ID,
-                                "flowSpec": {"id": "269ba276-16fc-47db-92b0-c1049a3c131f", "version": "1.0"},
-                                "status": {"value": "success" if done else "inProgress", "errors": []},
-                                "metrics": {"durationSummary": summary, "recordSummary": {"outputRecordCount": 0}}}]}
+        status = {"status": self.export_outcome if done else "inProgress"}
+        item = {"id": run_id, "flowId": run["flowId"], "sandboxName": SANDBOX, "imsOrgId": ORG_ID,
+                "flowSpec": {"id": "269ba276-16fc-47db-92b0-c1049a3c131f", "version": "1.0"},
+                "metrics": {"durationSummary": summary, "recordSummary": {"outputRecordCount": 0},
+                            "statusSummary": status}}
+        if done and self.export_outcome == "failed":
+            item["activities"] = [{"id": "dataset-export", "statusSummary": {"status": "failed", "extensions": {
+                "errors": [{"code": "CONNECTOR-2001-500", "message": "Access denied to the bucket path"}]}}}]
+        return 200, {"items": [item]}
+
+
+def _catalog_batch(batch: dict) -> dict:
+    """A batch as the Catalog describes it: no id inside (the id is its key) and no bookkeeping."""
+    return {k: v for k, v in batch.items() if k != "id" and not k.startswith("_")}
 
 
 def _uuid() -> str:
