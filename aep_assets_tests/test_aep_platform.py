@@ -18,14 +18,16 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import requests
 import responses
 import sqlglot
+import urllib3
 
 from aep_assets.lib import audiences
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
 from aep_assets.lib.merge import current_records_sql
 from aep_assets.resources import aep_http, aep_xdm
-from aep_assets.resources.aep_http import AEPError
+from aep_assets.resources.aep_http import AEPError, AEPMaybeApplied
 from aep_assets.resources.aep_platform import AEPConfigError, AEPPlatform
 from aep_assets.resources.platform import BatchIngestionError, export_parent
 from aep_assets.resources.storage import LocalStorage, S3Storage
@@ -170,6 +172,51 @@ def test_5xx_retries_are_bounded_with_growing_jittered_backoff(aep, fake, sleeps
     assert raised.value.status == 503 and "GET /data/foundation/catalog/dataSets -> HTTP 503" in str(raised.value)
     assert len(fake.calls("GET", "/catalog/dataSets")) == 4  # http_attempts
     assert len(sleeps) == 3 and all(0 <= s <= 0.5 * 2 ** i for i, s in enumerate(sleeps))
+
+
+def refused() -> requests.exceptions.ConnectionError:
+    """A connection that was never made (the request cannot have reached Adobe)."""
+    return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(
+        None, "https://platform.adobe.io", urllib3.exceptions.NewConnectionError(None, "Connection refused")))
+
+
+def test_a_429_or_a_refused_connection_is_retried_for_a_post(aep, fake, sleeps):
+    """Adobe did not act on either: the create is simply sent again, and happens once."""
+    fake.inject("POST", "/catalog/dataSets$", 429, body={"error_code": "429001", "message": "Too many requests"},
+                headers={"Retry-After": "1"})
+    fake.inject("POST", "/catalog/dataSets$", error=refused())
+    aep.ensure_dataset(PROFILES)
+    assert len(fake.calls("POST", "/catalog/dataSets$")) == 3 and len(fake.datasets) == 1
+
+
+@pytest.mark.parametrize("answer", ["5xx", "read timeout"])
+def test_a_post_that_may_have_acted_is_looked_up_not_repeated(aep, fake, sleeps, answer):
+    """A 5xx or a read timeout after Adobe created the dataset: sending the POST again would make a
+    second one; the platform is asked first, and the dataset it created is used."""
+    lost = {"5xx": {"status": 502, "body": {"title": "Bad Gateway"}},
+            "read timeout": {"error": requests.exceptions.ReadTimeout("read timed out")}}[answer]
+    fake.inject("POST", "/catalog/dataSets$", acted=True, **lost)
+    dataset = aep.ensure_dataset(PROFILES)
+    assert len(fake.calls("POST", "/catalog/dataSets$")) == 1 and list(fake.datasets) == [dataset.id]
+
+
+def test_a_post_that_did_not_act_is_sent_again_after_the_lookup(aep, fake, sleeps, tmp_path):
+    dataset = aep.ensure_dataset(PROFILES)
+    fake.inject("POST", r"/import/batches$", 503, body={"title": "Service Unavailable"})
+    batch = aep.ingest_batch(dataset, PROFILES, [profiles_file(tmp_path)], idempotency_key="once")
+    assert len(fake.calls("POST", r"/import/batches$")) == 2 and batch.status == "success"
+    lookups = [c for c in fake.calls("GET", "/catalog/batches$") if c["query"].get("status") == "loading"]
+    assert lookups and lookups[0]["query"]["tags"] == "aepAssetsIdempotencyKey:once"
+
+
+def test_a_query_that_may_have_run_is_not_repeated(aep, fake, sleeps):
+    """Query Service offers no lookup of an unanswered query: it is not sent twice (a second INSERT INTO
+    would duplicate rows); the error says so and carries Adobe's request id."""
+    fake.inject("POST", "/query/queries$", 500, body={"title": "Internal Server Error"},
+                headers={"x-request-id": "req-7f3a"})
+    with pytest.raises(AEPMaybeApplied, match=r"HTTP 500.*Adobe request id req-7f3a.*not repeated blindly"):
+        aep.create_table_as("cmle_once", "SELECT 1 AS one")
+    assert len(fake.calls("POST", "/query/queries$")) == 1
 
 
 def test_a_4xx_is_raised_at_once_with_adobe_error_text(aep, fake, sleeps):

@@ -6,10 +6,12 @@ dicts. `AEPSession` replaces that session on every aepp connector we create:
 
 - TLS verification is always on (the system CA store or `REQUESTS_CA_BUNDLE`), whatever aepp passes;
 - the IMS token is ours (`TokenProvider`, fetched with TLS on); aepp never sees the client secret;
-- 429, 5xx and connection errors are retried with exponential backoff and full jitter, honouring
+- 429 and connection errors before the request was sent are retried for every method; 5xx and read
+  timeouts only for idempotent methods (a POST that timed out after Adobe acted would be sent again:
+  `AEPMaybeApplied`, the caller looks it up first); with exponential backoff and full jitter, honouring
   `Retry-After`, a bounded number of times; a 401 refreshes the token once and repeats the request;
-- any final status >= 400 raises `AEPError`, whose text names the method, path, status and Adobe's
-  error title, with every known secret replaced by `***`. Headers are never logged.
+- any final status >= 400 raises `AEPError`, whose text names the method, path, status, Adobe's error
+  title and request id, with every known secret replaced by `***`. Headers are never logged.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 log = logging.getLogger("aep_assets.aep")
@@ -65,10 +68,19 @@ class Redactor:
 class AEPError(RuntimeError):
     """An Experience Platform call failed for good; the text holds no secret."""
 
-    def __init__(self, message: str, *, status: int | None = None, detail: str = ""):
+    def __init__(self, message: str, *, status: int | None = None, detail: str = "", request_id: str | None = None):
         super().__init__(message)
         self.status = status
         self.detail = detail
+        self.request_id = request_id
+
+
+class AEPMaybeApplied(AEPError):
+    """A request that is not idempotent got no definite answer (a 5xx, a read timeout): Adobe may have
+    acted on it. It is not repeated blindly; the caller looks (by name, tag or key) before trying again."""
+
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 def describe_error_body(response: requests.Response) -> str:
@@ -193,10 +205,8 @@ class AEPSession(requests.Session):
             kwargs["timeout"] = self.default_timeout
         headers = dict(kwargs.pop("headers", None) or {})
         parts = urlsplit(url)
-        to_platform = parts.netloc == self.gateway_host
-        path = parts.path
-        refreshed = False
-        attempt = 0
+        to_platform, path = parts.netloc == self.gateway_host, parts.path
+        refreshed, attempt = False, 0
         while True:
             token = self.tokens.token()
             if to_platform:
@@ -206,30 +216,62 @@ class AEPSession(requests.Session):
                 response = super().request(method, url, headers=headers, **kwargs)
             except requests.RequestException as error:
                 attempt += 1
-                if attempt >= self.policy.attempts:
-                    raise AEPError(f"{method} {path} failed after {attempt} attempts: "
-                                   f"{type(error).__name__}: {self.redact(error)}") from None
-                delay = self.policy.delay(attempt - 1, None)
-                log.warning("%s %s: %s, retry %d in %.1f s", method, path, type(error).__name__, attempt, delay)
-                pause(delay)
+                self._may_retry_error(method, path, error, attempt)
                 continue
             if response.status_code == 401 and to_platform and not refreshed:
                 log.info("%s %s -> 401, refreshing the access token once", method, path)
                 self.tokens.refresh(stale=token)
                 refreshed = True
                 continue
-            if response.status_code in RETRY_STATUSES and attempt + 1 < self.policy.attempts:
-                wait = retry_after_seconds(response)
-                if wait is not None and wait > self.policy.max_retry_after_seconds:
-                    break
-                delay = self.policy.delay(attempt, wait)
+            if response.status_code in RETRY_STATUSES and self._may_retry_status(method, path, response, attempt):
                 attempt += 1
-                log.warning("%s %s -> %d, retry %d in %.1f s", method, path, response.status_code, attempt, delay)
-                pause(delay)
                 continue
             break
         if response.status_code >= 400:
-            detail = self.redact(describe_error_body(response))
-            raise AEPError(f"{method} {path} -> HTTP {response.status_code}: {detail}",
-                           status=response.status_code, detail=detail)
+            raise self.error(method, path, response)
         return response
+
+    def _may_retry_error(self, method: str, path: str, error: requests.RequestException, attempt: int) -> None:
+        """Wait before the next try, or raise: a request that may have reached Adobe (a read timeout, a
+        connection dropped after sending) is tried again only if repeating it cannot duplicate anything."""
+        summary = f"{type(error).__name__}: {self.redact(error)}"
+        if not never_sent(error) and method.upper() not in IDEMPOTENT:
+            raise AEPMaybeApplied(f"{method} {path}: {summary}; Adobe may have acted on it, so it is not "
+                                  "repeated blindly")
+        if attempt >= self.policy.attempts:
+            raise AEPError(f"{method} {path} failed after {attempt} attempts: {summary}") from None
+        delay = self.policy.delay(attempt - 1, None)
+        log.warning("%s %s: %s, retry %d in %.1f s", method, path, type(error).__name__, attempt, delay)
+        pause(delay)
+
+    def _may_retry_status(self, method: str, path: str, response: requests.Response, attempt: int) -> bool:
+        """429: Adobe did not act, any method is tried again. 5xx: only an idempotent one; for others
+        Adobe may have acted (AEPMaybeApplied, the caller looks first)."""
+        if response.status_code != 429 and method.upper() not in IDEMPOTENT:
+            raise AEPMaybeApplied(str(self.error(method, path, response)) + "; Adobe may have acted on it, so "
+                                  "it is not repeated blindly", status=response.status_code)
+        wait = retry_after_seconds(response)
+        if attempt + 1 >= self.policy.attempts or (wait is not None and wait > self.policy.max_retry_after_seconds):
+            return False
+        delay = self.policy.delay(attempt, wait)
+        log.warning("%s %s -> %d, retry %d in %.1f s", method, path, response.status_code, attempt + 1, delay)
+        pause(delay)
+        return True
+
+    def error(self, method: str, path: str, response: requests.Response) -> AEPError:
+        """The final answer as an error: Adobe's error text and request id, no secret."""
+        detail = self.redact(describe_error_body(response))
+        request_id = response.headers.get("x-request-id") or response.headers.get("x-adobe-request-id")
+        return AEPError(f"{method} {path} -> HTTP {response.status_code}: {detail}"
+                        + (f" (Adobe request id {request_id})" if request_id else ""),
+                        status=response.status_code, detail=detail, request_id=request_id)
+
+
+def never_sent(error: requests.RequestException) -> bool:
+    """True when the request cannot have reached Adobe: the connection was never made."""
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(error, requests.exceptions.ConnectionError) and error.args:
+        reason = getattr(error.args[0], "reason", error.args[0])
+        return isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.NameResolutionError))
+    return False

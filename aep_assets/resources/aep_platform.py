@@ -34,6 +34,7 @@ from aep_assets.lib.datasets import BatchValidationError, DatasetSpec, conform
 from aep_assets.resources import aep_http, aep_xdm
 from aep_assets.resources.aep_http import (
     AEPError,
+    AEPMaybeApplied,
     AEPSession,
     Redactor,
     RetryPolicy,
@@ -173,16 +174,8 @@ class AEPPlatform(Platform):
         found = self._catalog_dataset(spec.name)
         if found is None:
             schema_id = self._ensure_schema(spec, tenant)
-            body = {"name": spec.name, "description": spec.description,
-                    "schemaRef": {"id": schema_id, "contentType": "application/vnd.adobe.xed-full+json;version=1"},
-                    "fileDescription": {"format": "parquet"}}
-            if spec.profile_enabled:
-                body["tags"] = {"unifiedProfile": ["enabled:true"], "unifiedIdentity": ["enabled:true"]}
-            created = api.catalog.connector.postData(f"{api.catalog.endpoint}/dataSets", data=body,
-                                                     headers=_json(api.catalog.header))
-            dataset_id = created[0].split("/")[-1]
-            log.info("created dataset %s (%s)", spec.name, dataset_id)
-            found = (dataset_id, api.catalog.getDataSet(dataset_id)[dataset_id])
+            found = self._created(f"dataset {spec.name}", lambda: self._catalog_dataset(spec.name),
+                                  lambda: self._create_dataset(spec, schema_id))
         dataset_id, body = found
         if spec.profile_enabled and not _profile_enabled(body):
             api.catalog.connector.patchData(
@@ -193,6 +186,38 @@ class AEPPlatform(Platform):
             body = api.catalog.getDataSet(dataset_id)[dataset_id]
         self.execute(aep_xdm.flat_view_sql(spec.name, _pqs_table(body), tenant, self.dialect))
         return self._dataset(dataset_id, body)
+
+    def _create_dataset(self, spec: DatasetSpec, schema_id: str) -> tuple[str, dict]:
+        api = self.api()
+        body = {"name": spec.name, "description": spec.description,
+                "schemaRef": {"id": schema_id, "contentType": "application/vnd.adobe.xed-full+json;version=1"},
+                "fileDescription": {"format": "parquet"}}
+        if spec.profile_enabled:
+            body["tags"] = {"unifiedProfile": ["enabled:true"], "unifiedIdentity": ["enabled:true"]}
+        created = api.catalog.connector.postData(f"{api.catalog.endpoint}/dataSets", data=body,
+                                                 headers=_json(api.catalog.header))
+        dataset_id = created[0].split("/")[-1]
+        log.info("created dataset %s (%s)", spec.name, dataset_id)
+        return dataset_id, api.catalog.getDataSet(dataset_id)[dataset_id]
+
+    def _created(self, what: str, lookup: Callable[[], T | None], create: Callable[[], T]) -> T:
+        """A create call that is never repeated blindly: when Adobe may have acted on it without a definite
+        answer (AEPMaybeApplied: a 5xx, a read timeout), what it would have created is looked up (by name,
+        tag or key) and taken if it is there; only if it is not is the call made again."""
+        for attempt in range(1, self.http_attempts + 1):
+            try:
+                return create()
+            except AEPMaybeApplied as error:
+                found = lookup()
+                if found is not None:
+                    log.warning("%s: the platform had acted on the unanswered request; using what it created", what)
+                    return found
+                if attempt == self.http_attempts:
+                    raise
+                delay = self.http_backoff_seconds * 2 ** (attempt - 1)
+                log.warning("%s: %s; nothing was created, trying again in %.1f s", what, error, delay)
+                aep_http.pause(delay)
+        raise AssertionError("unreachable")
 
     def find_dataset(self, name: str) -> Dataset | None:
         found = self._catalog_dataset(name)
@@ -221,18 +246,22 @@ class AEPPlatform(Platform):
         groups = aep_xdm.field_groups(self.name_prefix)
         group_ids = []
         for key in plan.field_groups:
-            group = self._by_title("fieldgroups", groups[key].title)
+            title = groups[key].title
+            group = self._by_title("fieldgroups", title)
             if group is None:
-                group = api.schema.connector.postData(f"{api.schema.endpoint}/tenant/fieldgroups",
-                                                      data=aep_xdm.field_group_body(groups[key], tenant),
-                                                      headers=_json(api.schema.header))
-                log.info("created field group %r", groups[key].title)
+                body = aep_xdm.field_group_body(groups[key], tenant)
+                group = self._created(f"field group {title!r}", lambda t=title: self._by_title("fieldgroups", t),
+                                      lambda b=body: api.schema.connector.postData(
+                                          f"{api.schema.endpoint}/tenant/fieldgroups", data=b,
+                                          headers=_json(api.schema.header)))
+                log.info("created field group %r", title)
             group_ids.append(group["$id"])
         schema = self._by_title("schemas", plan.title)
         if schema is None:
-            schema = api.schema.connector.postData(f"{api.schema.endpoint}/tenant/schemas",
-                                                   data=aep_xdm.schema_body(plan, group_ids),
-                                                   headers=_json(api.schema.header))
+            body = aep_xdm.schema_body(plan, group_ids)
+            schema = self._created(f"schema {plan.title!r}", lambda: self._by_title("schemas", plan.title),
+                                   lambda: api.schema.connector.postData(f"{api.schema.endpoint}/tenant/schemas",
+                                                                         data=body, headers=_json(api.schema.header)))
             log.info("created schema %r", plan.title)
         self._ensure_identity(schema["$id"], tenant)
         if spec.profile_enabled and "union" not in schema.get("meta:immutableTags", []):
@@ -261,17 +290,22 @@ class AEPPlatform(Platform):
     def _ensure_identity(self, schema_id: str, tenant: str) -> None:
         api = self.api()
         path = aep_xdm.identity_path(tenant)
+        if self._identity_descriptor(schema_id, path) is not None:
+            return
+        self._created(f"identity descriptor of {schema_id}", lambda: self._identity_descriptor(schema_id, path),
+                      lambda: api.schema.connector.postData(
+                          f"{api.schema.endpoint}/tenant/descriptors", headers=_json(api.schema.header),
+                          data={"@type": "xdm:descriptorIdentity", "xdm:sourceSchema": schema_id,
+                                "xdm:sourceVersion": 1, "xdm:sourceProperty": path, "xdm:namespace": "ECID",
+                                "xdm:property": "xdm:code", "xdm:isPrimary": True}))
+
+    def _identity_descriptor(self, schema_id: str, path: str) -> dict | None:
+        api = self.api()
         listing = api.schema.connector.getData(
             f"{api.schema.endpoint}/tenant/descriptors", params={"property": f"xdm:sourceSchema=={schema_id}"},
             headers={**api.schema.header, "Accept": "application/vnd.adobe.xdm+json"})
-        for descriptor in listing.get("xdm:descriptorIdentity", []):
-            if descriptor.get("xdm:sourceSchema") == schema_id and descriptor.get("xdm:sourceProperty") == path:
-                return
-        api.schema.connector.postData(f"{api.schema.endpoint}/tenant/descriptors", headers=_json(api.schema.header),
-                                      data={"@type": "xdm:descriptorIdentity", "xdm:sourceSchema": schema_id,
-                                            "xdm:sourceVersion": 1, "xdm:sourceProperty": path,
-                                            "xdm:namespace": "ECID", "xdm:property": "xdm:code",
-                                            "xdm:isPrimary": True})
+        return next((d for d in listing.get("xdm:descriptorIdentity", [])
+                     if d.get("xdm:sourceSchema") == schema_id and d.get("xdm:sourceProperty") == path), None)
 
     # --- batch ingestion ----------------------------------------------------------------------
     def ingest_batch(self, dataset: Dataset, spec: DatasetSpec, files: Sequence[Path], *,
@@ -294,10 +328,12 @@ class AEPPlatform(Platform):
         if sum(len(p) for p in payloads) > MAX_BATCH_BYTES:
             raise BatchIngestionError(f"batch for dataset {dataset.name} exceeds the 100 GB batch guardrail")
         api = self.api()
-        created = api.ingestion.connector.postData(
-            f"{api.ingestion.endpoint}/batches", headers=_json(api.ingestion.header),
-            data={"datasetId": dataset.id, "inputFormat": {"format": "parquet"},
-                  "tags": {BATCH_KEY_TAG: [idempotency_key]}})
+        created = self._created(f"batch {idempotency_key} of {dataset.name}",
+                                lambda: self._loading_batch_with_key(dataset, idempotency_key),
+                                lambda: api.ingestion.connector.postData(
+                                    f"{api.ingestion.endpoint}/batches", headers=_json(api.ingestion.header),
+                                    data={"datasetId": dataset.id, "inputFormat": {"format": "parquet"},
+                                          "tags": {BATCH_KEY_TAG: [idempotency_key]}}))
         batch_id = created["id"]
         try:
             for index, payload in enumerate(payloads):
@@ -348,6 +384,14 @@ class AEPPlatform(Platform):
                 log.info("batch %s already holds this content (key %s)", batch_id, key)
                 return _batch(batch_id, body)
         return None
+
+    def _loading_batch_with_key(self, dataset: Dataset, key: str) -> dict | None:
+        """A batch created for this content and not yet completed (a create whose answer was lost)."""
+        api = self.api()
+        found = api.catalog.connector.getData(f"{api.catalog.endpoint}/batches", params={
+            "dataSet": dataset.id, "status": "loading", "tags": f"{BATCH_KEY_TAG}:{key}", "limit": 1})
+        return next(({"id": batch_id, **body} for batch_id, body in found.items()
+                     if isinstance(body, dict) and key in (body.get("tags") or {}).get(BATCH_KEY_TAG, [])), None)
 
     def completed_batches(self, dataset: Dataset, *, completed_after_ms: int = 0, limit: int | None = None
                           ) -> list[Batch]:
@@ -558,32 +602,40 @@ class AEPPlatform(Platform):
         return [item for item in listing.get("items", []) if item.get("name") == name]
 
     def _export_flow(self, dataset: Dataset, storage: S3Storage) -> str:
-        """The dataset's export dataflow, created once (looked up by name)."""
-        api = self.api()
+        """The dataset's export dataflow and its connections, each created once (looked up by name)."""
         flow_name = f"{self.name_prefix} export {dataset.name} {dataset.id}"
         existing = self._flow_items("flows", flow_name)
         if existing:
             return existing[0]["id"]
         spec = {"id": S3_CONNECTION_SPEC, "version": "1.0"}
-        base_name = f"{self.name_prefix} S3 {storage.bucket}"
-        base = self._flow_items("connections", base_name)
-        base_id = base[0]["id"] if base else api.flow.createConnection(data={
-            "name": base_name, "connectionSpec": spec, "auth": {"specName": "Access Key", "params": {
-                "s3AccessKey": self.export_s3_access_key_id, "s3SecretKey": self.export_s3_secret_access_key}}})["id"]
+        base_id = self._flow_item("connections", f"{self.name_prefix} S3 {storage.bucket}", {
+            "connectionSpec": spec, "auth": {"specName": "Access Key", "params": {
+                "s3AccessKey": self.export_s3_access_key_id, "s3SecretKey": self.export_s3_secret_access_key}}})
         path = "/".join(p for p in (storage.prefix.strip("/"), "cmle/egress") if p)
-        target_id = api.flow.createTargetConnection(data={
-            "name": f"{flow_name} target", "baseConnectionId": base_id, "connectionSpec": spec,
+        target_id = self._flow_item("targetConnections", f"{flow_name} target", {
+            "baseConnectionId": base_id, "connectionSpec": spec,
             "params": {"bucketName": storage.bucket, "path": path, "compression": "GZIP",
-                       "datasetFileType": "PARQUET"}})["id"]
-        source_id = api.flow.createSourceConnection(data={
-            "name": f"{flow_name} source", "connectionSpec": {"id": DATA_LAKE_SOURCE_SPEC, "version": "1.0"},
-            "params": {"datasets": [{"dataSetId": dataset.id, "name": dataset.name}]}})["id"]
-        flow = api.flow.createFlow(flow_spec_id=S3_DATASET_FLOW_SPEC, obj={
-            "name": flow_name, "flowSpec": {"id": S3_DATASET_FLOW_SPEC},
-            "sourceConnectionIds": [source_id], "targetConnectionIds": [target_id], "transformations": [],
-            "scheduleParams": export_schedule(time.time())})
-        log.info("created export dataflow %s for %s", flow["id"], dataset.name)
-        return flow["id"]
+                       "datasetFileType": "PARQUET"}})
+        source_id = self._flow_item("sourceConnections", f"{flow_name} source", {
+            "connectionSpec": {"id": DATA_LAKE_SOURCE_SPEC, "version": "1.0"},
+            "params": {"datasets": [{"dataSetId": dataset.id, "name": dataset.name}]}})
+        flow_id = self._flow_item("flows", flow_name, {
+            "flowSpec": {"id": S3_DATASET_FLOW_SPEC}, "sourceConnectionIds": [source_id],
+            "targetConnectionIds": [target_id], "transformations": [], "scheduleParams": export_schedule(time.time())})
+        log.info("created export dataflow %s for %s", flow_id, dataset.name)
+        return flow_id
+
+    def _flow_item(self, kind: str, name: str, body: dict) -> str:
+        """The id of the Flow Service item of this kind and name, created if there is none."""
+        found = self._flow_items(kind, name)
+        if found:
+            return found[0]["id"]
+        api = self.api()
+        created = self._created(f"{kind} {name!r}", lambda: next(iter(self._flow_items(kind, name)), None),
+                                lambda: api.flow.connector.postData(f"{api.flow.endpoint}/{kind}",
+                                                                    data={"name": name, **body},
+                                                                    headers=_json(api.flow.header)))
+        return created["id"]
 
     def _adhoc_export(self, flow_id: str, dataset: Dataset) -> str:
         api = self.api()
@@ -653,7 +705,10 @@ class AEPPlatform(Platform):
         url = f"{api.segmentation.endpoint}/segment/definitions"
         current = next((s for s in self._segments() if s.get("name") == name), None)
         if current is None:
-            segment = api.segmentation.connector.postData(url, data=body)
+            segment = self._created(f"audience {name!r}",
+                                    lambda: next((s for s in self._segments() if s.get("name") == name), None),
+                                    lambda: api.segmentation.connector.postData(url, data=body,
+                                                                                headers=_json(api.segmentation.header)))
             log.info("created audience %r (%s)", name, segment["id"])
         elif ((current.get("expression") or {}).get("value"), current.get("description")) != (
                 expression, body["description"]):

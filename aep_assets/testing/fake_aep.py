@@ -74,7 +74,8 @@ class FakeAEP:
         self.queries: dict[str, dict] = {}
         self.segments: dict[str, dict] = {}
         self.jobs: dict[str, dict] = {}
-        self.connections: dict[str, dict] = {}
+        self.connections: dict[str, dict] = {}  # base, source and target connections
+        self.flow_kinds: dict[str, str] = {}
         self.flows: dict[str, dict] = {}
         self.runs: dict[str, dict] = {}
         self.not_ready_answers = 0
@@ -112,7 +113,8 @@ class FakeAEP:
             ("DELETE", r"/data/core/ups/segment/definitions/([^/]+)", self.delete_segment),
             ("POST", r"/data/core/ups/segment/jobs", self.create_job),
             ("GET", r"/data/core/ups/segment/jobs/([^/]+)", self.get_job),
-            ("GET", r"/data/foundation/flowservice/(flows|connections)", self.list_flow_items),
+            ("GET", r"/data/foundation/flowservice/(flows|connections|sourceConnections|targetConnections)",
+             self.list_flow_items),
             ("POST", r"/data/foundation/flowservice/(connections|sourceConnections|targetConnections|flows)",
              self.create_flow_item),
             ("GET", r"/data/foundation/flowservice/runs/([^/]+)", self.get_run),
@@ -126,12 +128,14 @@ class FakeAEP:
     def new_id(self, width: int = 24) -> str:
         return f"{next(self.ids):0{width}x}"
 
-    def inject(self, method: str, path: str, status: int, body: object = None, headers: dict | None = None,
-               times: int = 1) -> None:
-        """The next `times` requests matching method and path regex get this answer."""
+    def inject(self, method: str, path: str, status: int = 0, body: object = None, headers: dict | None = None,
+               times: int = 1, error: Exception | None = None, acted: bool = False) -> None:
+        """The next `times` requests matching method and path regex get this answer, or raise `error` in the
+        client (a timeout, a refused connection); `acted`: the platform did the work before the answer was
+        lost (a 5xx or read timeout after the effect)."""
         self.faults.append({"method": method, "path": re.compile(path), "status": status, "times": times,
                             "body": body if body is not None else {"title": "Injected", "status": status},
-                            "headers": headers or {}})
+                            "headers": headers or {}, "error": error, "acted": acted})
 
     def expire_tokens(self) -> None:
         self.valid_tokens.clear()
@@ -175,6 +179,10 @@ class FakeAEP:
         for fault in self.faults:
             if fault["times"] and fault["method"] == request.method and fault["path"].search(parts.path):
                 fault["times"] -= 1
+                if fault["acted"]:
+                    self._route(request, parts, query, body)
+                if fault["error"] is not None:
+                    raise fault["error"]
                 return fault["status"], fault["headers"], json.dumps(fault["body"])
         if request.headers.get("Authorization", "").removeprefix("Bearer ") not in self.valid_tokens:
             return 401, {}, json.dumps({"error_code": "401013", "message": "Oauth token is not valid"})
@@ -182,6 +190,10 @@ class FakeAEP:
         wrong = [k for k, v in expected.items() if request.headers.get(k) != v]
         if wrong:
             return 403, {}, json.dumps({"error_code": "403010", "message": f"bad headers {wrong}"})
+        return self._route(request, parts, query, body)
+
+    def _route(self, request, parts, query: dict, body):
+        """The handler's answer to an authenticated request."""
         for method, pattern, handler in self.routes:
             match = re.fullmatch(pattern, parts.path)
             if method == request.method and match:
@@ -494,7 +506,7 @@ class FakeAEP:
     def list_flow_items(self, kind, query, **_):
         store = self.flows if kind == "flows" else self.connections
         name = query.get("property", "").removeprefix("name==")
-        return 200, {"items": [i for i in store.values() if i["name"] == name]}
+        return 200, {"items": [i for i in store.values() if i["name"] == name and self.flow_kinds[i["id"]] == kind]}
 
     def create_flow_item(self, kind, body, **_):
         item_id = _uuid()
@@ -508,6 +520,7 @@ class FakeAEP:
         else:
             item.update(createdAt=now, updatedAt=now, version="\"0100\"")
         (self.flows if kind == "flows" else self.connections)[item_id] = item
+        self.flow_kinds[item_id] = kind
         return 201, {"id": item_id, "etag": item["etag"]}
 
     def adhoc_run(self, body, headers, **_):
