@@ -10,7 +10,9 @@ import io
 import json
 import logging
 import os
+import re
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import boto3
 import dagster as dg
@@ -22,6 +24,7 @@ import requests
 import responses
 import sqlglot
 import urllib3
+import yaml
 
 from aep_assets.lib import audiences
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
@@ -666,7 +669,8 @@ def test_whole_graph_materializes_in_aep_mode(fake, sleeps, moto_endpoint, track
 
     fake.on_export, fake.segment_count = write_export, segment_count
     defs = build_definitions({"platform": aep, "storage": storage, "mlflow_tracking": tracking})
-    with dg.instance_for_test() as instance:
+    instance_config = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())  # as make run
+    with dg.instance_for_test(overrides=instance_config) as instance:
         timings = run_all(defs, instance, {
             "load_synthetic_data_job": {"ops": {"synthetic_data": {"config": {"profiles": 2000, "batches": 2}}}},
             # the model's quality is tested elsewhere; here the gate only needs to let a champion through
@@ -679,6 +683,10 @@ def test_whole_graph_materializes_in_aep_mode(fake, sleeps, moto_endpoint, track
         sizes = instance.get_latest_asset_check_evaluation_record(
             dg.AssetCheckKey(dg.AssetKey("propensity_audiences"), "propensity_audiences_sizes"))
         assert sizes.event.dagster_event.event_specific_data.passed
+        # AEP mode's own log is in the runs' event logs (dagster.yaml's managed_python_loggers)
+        messages = [e.user_message for run in instance.get_runs() for e in instance.all_logs(run.run_id)]
+        assert any(m.startswith("created dataset cmle_profiles") for m in messages)
+        assert any(re.match(r"waiting for batch \w+: \d+ s so far, next look in \d+ s", m) for m in messages)
     profiles = aep.query("SELECT COUNT(*) AS n FROM cmle_profiles_flat")["n"][0].as_py()
     scores = aep.query("SELECT COUNT(DISTINCT userid) AS n FROM cmle_propensity_scores_flat")["n"][0].as_py()
     assert profiles == scores == 2000

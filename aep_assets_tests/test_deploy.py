@@ -84,6 +84,7 @@ def test_the_instance_file_passes_dagsters_instance_schema():
     assert (config["run_launcher"]["module"], config["run_launcher"]["class"]) == ("dagster_k8s", "K8sRunLauncher")
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+    assert "aep_assets.aep" in config["python_logs"]["managed_python_loggers"]  # AEP mode's log in the runs
 
 
 def test_the_run_launcher_config_matches_dagster_k8s():

@@ -155,14 +155,17 @@ class AEPPlatform(Platform):
         return self._tenant
 
     def _wait(self, what: str, check: Callable[[], T | None]) -> T:
-        """Poll `check` with backoff until it returns a value, or raise TimeoutError."""
-        delay, deadline = self.poll_seconds, time.monotonic() + self.wait_timeout_seconds
+        """Poll `check` with backoff until it returns a value, or raise TimeoutError; each wait is logged
+        (what, how long so far, when the next look is), so a run waiting for hours says why."""
+        started = time.monotonic()
+        delay, deadline = self.poll_seconds, started + self.wait_timeout_seconds
         while True:
             result = check()
             if result is not None:
                 return result
             if time.monotonic() + delay > deadline:
                 raise TimeoutError(f"{what}: not finished after {self.wait_timeout_seconds:.0f} s")
+            log.info("waiting for %s: %.0f s so far, next look in %.0f s", what, time.monotonic() - started, delay)
             aep_http.pause(delay)
             delay = min(delay * 2, self.poll_max_seconds)
 
