@@ -9,7 +9,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := "$(UV)" run --frozen --no-sync
 PROFILES ?= 100000
 
-.PHONY: run test ui stop bench setup instance clean
+.PHONY: run test ui stop bench setup instance clean aep-check
 
 setup: .venv/.synced instance
 
@@ -35,6 +35,10 @@ ui: setup
 
 stop:
 	@$(RUN) python -m aep_assets.resources.embedded_postgres stop 2>/dev/null || true
+
+# Read-only calls to a real sandbox (AEP_* variables set): does every service the project uses answer?
+aep-check: setup
+	$(RUN) python -m aep_assets.aep_check
 
 bench: setup
 	$(RUN) python bench/run.py --profiles $(PROFILES)

@@ -608,6 +608,22 @@ def test_audience_members_and_activation_files_come_from_query_service(fake, sle
     assert len(storage.complete_writes(audiences.activation_parent(audience.name))) == 1
 
 
+# --- aep-check: read-only calls a user runs first ---------------------------------------------------------
+def test_aep_check_reports_every_service_and_a_missing_permission(aep, fake, aep_contracts):
+    from aep_assets.aep_check import report, run_checks
+
+    results = run_checks(aep, aep_contracts)
+    assert [problem for _, problem in results] == [None] * len(results)
+    assert {probe.service for probe, _ in results} == {
+        "IMS", "Schema Registry", "Catalog", "Query Service", "Segmentation", "Flow Service"}
+    assert all(call["method"] == "GET" for call in fake.requests if call["path"].startswith("/data/"))
+    fake.inject("GET", "/segment/definitions$", 403, body={
+        "error_code": "403027", "message": "User region is missing"}, headers={"x-request-id": "req-9"})
+    text = report(run_checks(aep, aep_contracts))
+    assert "FAIL Segmentation" in text and "403027" in text and "req-9" in text
+    assert text.splitlines()[-1].startswith("7 of 8 answered")
+
+
 # --- secrets ------------------------------------------------------------------------------------------
 def test_no_secret_in_logs_exceptions_or_output(fake, sleeps, tmp_path, caplog, capsys):
     caplog.set_level(logging.DEBUG)
