@@ -26,7 +26,7 @@ import sqlglot
 import urllib3
 import yaml
 
-from aep_assets.lib import audiences
+from aep_assets.lib import audiences, guardrails
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
 from aep_assets.lib.merge import current_records_sql
 from aep_assets.resources import aep_http, aep_xdm
@@ -656,7 +656,9 @@ def test_no_secret_in_logs_exceptions_or_output(fake, sleeps, tmp_path, caplog, 
 
 # --- the whole graph in AEP mode --------------------------------------------------------------------
 def test_whole_graph_materializes_in_aep_mode(fake, sleeps, moto_endpoint, tracking, monkeypatch):
-    """Every asset and job against the fake platform, Query Service = the embedded PostgreSQL, storage = S3."""
+    """Every asset and job against the fake platform, Query Service = the embedded PostgreSQL, storage = S3.
+    With the read limit at 500 rows and 400 scores per file, the 1,000-profile batches are scored the way
+    a 20M-profile batch is: features read back through a dataset export, scores in several files."""
     from aep_assets.definitions import build_definitions
     from aep_assets.main import run_all
 
@@ -666,7 +668,9 @@ def test_whole_graph_materializes_in_aep_mode(fake, sleeps, moto_endpoint, track
     s3.create_bucket(Bucket="cmle-graph")
     storage = S3Storage(bucket="cmle-graph", prefix="aep", endpoint_url=moto_endpoint,
                                  region_name="us-east-1")
-    aep = make_aep(export_s3_access_key_id=S3_ACCESS_KEY, export_s3_secret_access_key=S3_SECRET_KEY)
+    aep = make_aep(export_s3_access_key_id=S3_ACCESS_KEY, export_s3_secret_access_key=S3_SECRET_KEY,
+                   interactive_rows=500)
+    monkeypatch.setattr(guardrails, "SCORES_ROWS_PER_FILE", 400)
 
     def write_export(flow, dataset_id):
         target = next(c for c in fake.connections.values() if c["id"] == flow["targetConnectionIds"][0])
@@ -707,6 +711,22 @@ def test_whole_graph_materializes_in_aep_mode(fake, sleeps, moto_endpoint, track
     scores = aep.query("SELECT COUNT(DISTINCT userid) AS n FROM cmle_propensity_scores_flat")["n"][0].as_py()
     assert profiles == scores == 2000
     assert fake.flows and fake.jobs and storage.list_keys("cmle/activation")
+    plan = guardrails.plan_scoring(1000, interactive_rows=500, rows_per_file=400)
+    assert (plan.feature_exports, plan.score_files, plan.score_batches) == (1, 3, 1)
+    batches = platform_batches(aep, "cmle_profiles")
+    exports = [f["name"] for f in fake.flows.values() if "cmle_bulk_scoring_features_" in f["name"]]
+    assert len(exports) == len(batches) * plan.feature_exports
+    scores_id = aep.find_dataset("cmle_propensity_scores").id
+    score_batches = [b for b in fake.batches.values() if b["relatedObjects"][0]["id"] == scores_id]
+    assert len(score_batches) == len(batches) * plan.score_batches
+    uploads = [c for c in fake.calls("PUT", "/files/") if f"/datasets/{scores_id}/" in c["path"]]
+    assert len(uploads) == len(batches) * plan.score_files
+    scratch = aep.find_dataset(exports[0].split()[2])
+    assert not storage.list_keys(f"cmle/egress/{scratch.id}")  # read back, then removed
+
+
+def platform_batches(aep: AEPPlatform, dataset: str) -> list[str]:
+    return [b.id for b in aep.completed_batches(aep.find_dataset(dataset)) if b.status == "success"]
 
 
 # --- live suite (real sandbox; skipped without credentials) --------------------------------------------

@@ -126,20 +126,6 @@ def test_audience_names():
         Interval("bad", 0.5, 0.2)
 
 
-def test_score_problems_name_what_is_wrong():
-    import pyarrow as pa
-
-    from aep_assets.lib.modeling import score_problems
-
-    good = pa.table({"userid": ["a", "b"], "propensity": [0.1, 0.9]})
-    assert score_problems(good, 2) == []
-    assert score_problems(good, 3) == ["2 scores for 3 profiles"]
-    bad = pa.table({"userid": ["a", "a"], "propensity": pa.array([1.5, None], pa.float64())})
-    problems = score_problems(bad, 2)
-    assert any("null" in p for p in problems) and any("outside [0, 1]" in p for p in problems)
-    assert "duplicate userids" in problems
-
-
 def test_deciles_rank_within_the_run():
     from aep_assets.lib.modeling import deciles_of
 

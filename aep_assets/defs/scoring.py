@@ -1,20 +1,21 @@
 """Per profile batch: current features, champion scores in cloud storage, scores ingested back."""
 
 import json
+import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from aep_assets.defs.features import latest_event_time
 from aep_assets.defs.metadata import OWNERS, image
 from aep_assets.defs.partitions import profile_batches
-from aep_assets.lib import features, modeling, plots
+from aep_assets.lib import features, guardrails, modeling, plots, scoring
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
 from aep_assets.lib.drift import population_stability_index
 from aep_assets.lib.source_files import file_digest
@@ -96,43 +97,41 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
     summaries, all_scores, checked, invalid, drift = [], [], [], {}, {}
     profiles_in_batch = profiles_per_batch(platform, platform.current_records(profiles, PROFILES),
                                            context.partition_keys)
+
+    def predict(frame: pl.DataFrame) -> np.ndarray:
+        return modeling.predict(estimator, frame, feature_names or features.feature_columns(frame.columns))
+
     for key in context.partition_keys:
         started = time.monotonic()
-        frame = pl.from_arrow(platform.query(platform.render(
-            "scoring_features_of_batch", table=Identifier(feature_table.table), profile_batch=key)))
-        scores = score_table(frame, estimator, feature_names or features.feature_columns(frame.columns), champion,
-                             key)
-        propensity = scores["propensity"].to_numpy()
-        checked.append(propensity)
-        problems = modeling.score_problems(scores, profiles_in_batch[key])
-        if problems:  # never written, so the ingestion downstream cannot pick them up
-            invalid[key] = problems
-            continue
-        parent = scores_parent(scores_dataset.id, key)
-        previous = _previous_scores(storage, parent)
-        # Same features and model, same bytes: the storage keeps the earlier folder and nothing lands again.
-        manifest = storage.write_table(f"{parent}/exportTime={datetime.now(timezone.utc):%Y%m%d%H%M%S}", scores,
-                                       compression="zstd", suffix=".parquet")
+        rows = platform.stream(platform.render("scoring_features_of_batch", table=Identifier(feature_table.table),
+                                               profile_batch=key), storage, f"scoring_features_{key}")
+        with tempfile.TemporaryDirectory(prefix="aep-scores-") as tmp:
+            scored = scoring.score_chunks(rows, predict, (champion.name, str(champion.version)), key, Path(tmp))
+            checked.append(scored.propensity)
+            problems = scoring.problems(scored, profiles_in_batch[key])
+            if problems:  # never written, so the ingestion downstream cannot pick them up
+                invalid[key] = problems
+                continue
+            parent = scores_parent(scores_dataset.id, key)
+            previous = _previous_scores(storage, parent)
+            # Same features and model, same bytes: the storage keeps the earlier folder and nothing lands again.
+            manifest = storage.write_parquet_parts(
+                f"{parent}/exportTime={datetime.now(timezone.utc):%Y%m%d%H%M%S}",
+                scoring.with_deciles(scored, min(scoring.CHUNK_ROWS, guardrails.SCORES_ROWS_PER_FILE)),
+                schema=scoring.SCORES_SCHEMA, rows_per_file=guardrails.SCORES_ROWS_PER_FILE, compression="zstd",
+                suffix=".parquet")
         seconds = time.monotonic() - started
-        psi = population_stability_index(previous, propensity) if previous is not None else None
+        psi = population_stability_index(previous, scored.propensity) if previous is not None else None
         if psi is not None:
             drift[key] = round(psi, 5)
-        summaries.append({"profile_batch": key, "profiles": frame.height,
-                          "mean_propensity": float(propensity.mean()) if frame.height else 0.0,
+        summaries.append({"profile_batch": key, "profiles": scored.rows,
+                          "mean_propensity": float(scored.propensity.mean()) if scored.rows else 0.0,
                           "psi_vs_previous": psi, "path": storage.uri(manifest.prefix), "seconds": round(seconds, 3)})
-        all_scores.append(propensity)
-        context.log.info(f"batch {key}: scored {frame.height} profiles in {seconds:.2f} s "
+        all_scores.append(scored.propensity)
+        context.log.info(f"batch {key}: scored {scored.rows} profiles in {seconds:.2f} s "
                          f"→ {storage.uri(manifest.prefix)}")
     values = np.concatenate(all_scores) if all_scores else np.empty(0)
-    return_metadata = {
-        "model": f"{champion.name} v{champion.version}",
-        "dagster/row_count": int(values.size), "batches": dg.MetadataValue.md(
-            pl.DataFrame(summaries).to_pandas().to_markdown(index=False, floatfmt=".4g")),
-        "histogram_plot": image(plots.histogram(values, "Propensity of the scored profiles", "propensity"), "scores"),
-    }
-    if len(summaries) == 1:
-        return_metadata["path"] = dg.MetadataValue.path(summaries[0]["path"])
-    yield dg.MaterializeResult(metadata=return_metadata)
+    yield dg.MaterializeResult(metadata=_scores_metadata(champion, values, summaries))
     yield dg.AssetCheckResult(
         check_name="propensity_scores_valid", passed=not invalid,
         description="; ".join(f"batch {k}: {', '.join(v)}" for k, v in invalid.items()) or
@@ -146,19 +145,16 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
         metadata={"psi": dg.MetadataValue.json(drift)})
 
 
-def score_table(frame: pl.DataFrame, estimator, names: list[str], champion, profile_batch: str) -> pa.Table:
-    """The scores of one batch's feature rows (in profile order): a function of the features and the model
-    only, so the same inputs give the same file."""
-    propensity = modeling.predict(estimator, frame, names) if frame.height else np.empty(0)
-    as_of = frame[features.AS_OF_COLUMN].to_arrow().cast(pa.timestamp("us")).cast(pa.timestamp("us", "UTC"))
-    return pa.table({
-        "userid": frame["userid"].to_arrow().cast(pa.string()), "propensity": pa.array(propensity, pa.float64()),
-        "decile": pa.array(modeling.deciles_of(propensity), pa.int32()),
-        "model_name": pa.repeat(pa.scalar(champion.name), frame.height).cast(pa.string()),
-        "model_version": pa.repeat(pa.scalar(str(champion.version)), frame.height).cast(pa.string()),
-        "as_of": as_of,
-        "profile_batch": pa.repeat(pa.scalar(profile_batch), frame.height).cast(pa.string()),
-    })
+def _scores_metadata(champion, values: np.ndarray, summaries: list[dict]) -> dict:
+    metadata = {
+        "model": f"{champion.name} v{champion.version}",
+        "dagster/row_count": int(values.size), "batches": dg.MetadataValue.md(
+            pl.DataFrame(summaries).to_pandas().to_markdown(index=False, floatfmt=".4g")),
+        "histogram_plot": image(plots.histogram(values, "Propensity of the scored profiles", "propensity"), "scores"),
+    }
+    if len(summaries) == 1:
+        metadata["path"] = dg.MetadataValue.path(summaries[0]["path"])
+    return metadata
 
 
 def _range_of(values: np.ndarray) -> dict[str, float]:

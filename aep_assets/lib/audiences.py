@@ -6,8 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from aep_assets.lib import names, sql
+
+# What an activation file holds per member: what a destination needs to reach the person.
+MEMBERS_SCHEMA = pa.schema([("userid", pa.string()), ("email", pa.string()), ("first_name", pa.string()),
+                           ("last_name", pa.string()), ("propensity", pa.float64())])
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,6 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.inspection import permutation_importance
@@ -250,19 +248,3 @@ def deciles_of(scores: np.ndarray) -> np.ndarray:
         return np.empty(0, dtype=np.int32)
     ranks = scores.argsort(kind="stable").argsort(kind="stable")
     return (ranks * 10 // len(scores) + 1).astype(np.int32)
-
-
-def score_problems(scores: pa.Table, profiles_in_batch: int) -> list[str]:
-    """What is wrong with a batch's scores, if anything: the contract downstream relies on."""
-    problems = []
-    propensity = scores["propensity"]
-    if scores.num_rows != profiles_in_batch:
-        problems.append(f"{scores.num_rows} scores for {profiles_in_batch} profiles")
-    if propensity.null_count or scores["userid"].null_count:
-        problems.append(f"{propensity.null_count} null scores")
-    values = propensity.to_numpy(zero_copy_only=False)
-    if values.size and not bool(np.all((values >= 0) & (values <= 1))):
-        problems.append(f"scores outside [0, 1] (min {np.nanmin(values)}, max {np.nanmax(values)})")
-    if len(pc.unique(scores["userid"])) != scores.num_rows:
-        problems.append("duplicate userids")
-    return problems

@@ -17,19 +17,21 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
+import numpy as np
+import polars as pl
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
 
-from aep_assets.lib import names, sql
+from aep_assets.lib import guardrails, names, sql
 from aep_assets.lib.datasets import BatchValidationError, DatasetSpec, conform
 from aep_assets.resources import aep_http, aep_xdm
 from aep_assets.resources.aep_http import (
@@ -71,8 +73,6 @@ NOT_READY = "not ready for dataset export"
 
 BATCH_KEY_TAG = "aepAssetsIdempotencyKey"
 AUDIENCE_MARKER = "[managed by aep_assets]"
-MAX_FILES_PER_BATCH = 1500  # batch ingestion guardrails
-MAX_BATCH_BYTES = 100 * 1024 ** 3
 _SUCCESS = {"success", "active"}
 _FAILED = {"failed", "failure", "aborted", "abandoned"}
 _AEPP_TOKEN = "issued-by-aep_assets"  # aepp's own token slot; AEPSession sets the real header per request
@@ -108,8 +108,12 @@ class AEPPlatform(Platform):
     wait_timeout_seconds: float = Field(default=6 * 3600.0, description="Give up waiting after this long.")
     export_not_ready_attempts: int = Field(default=15, description="Ad-hoc export tries while AEP says 'not ready'.")
     export_not_ready_wait_seconds: float = Field(default=60.0, description="Wait between those tries.")
-    large_file_bytes: int = Field(default=256 * 1024 ** 2, description="Files above this use the large-file API.")
-    chunk_bytes: int = Field(default=64 * 1024 ** 2, description="Chunk size of large-file uploads.")
+    large_file_bytes: int = Field(default=guardrails.SMALL_FILE_BYTES,
+                                  description="Files above this use the large-file API.")
+    chunk_bytes: int = Field(default=guardrails.CHUNK_BYTES, description="Chunk size of large-file uploads.")
+    interactive_rows: int = Field(default=50_000, description=(
+        "Results up to this many rows come over the Query Service wire (its interactive limit); larger "
+        "ones are exported to cloud storage through a scratch dataset and read back from there."))
 
     _api: Any = PrivateAttr(default=None)
     _api_pid: int = PrivateAttr(default=0)
@@ -313,34 +317,28 @@ class AEPPlatform(Platform):
     # --- batch ingestion ----------------------------------------------------------------------
     def ingest_batch(self, dataset: Dataset, spec: DatasetSpec, files: Sequence[Path], *,
                      idempotency_key: str) -> Batch:
+        """Every file is checked (one at a time) before the first call, then reshaped into XDM and uploaded
+        one at a time: memory stays at one file, whatever the batch holds."""
         if not files:
             raise BatchIngestionError(f"batch for dataset {dataset.name} has no files")
-        if len(files) > MAX_FILES_PER_BATCH:
-            raise BatchIngestionError(f"{len(files)} files exceed the {MAX_FILES_PER_BATCH} files of one batch")
-        try:  # validate everything before the first HTTP call
-            tables = [conform(_read_parquet(path), spec, f"file {path}") for path in files]
-            if spec.unique_identity and len(tables) > 1:
-                conform(pa.concat_tables(tables), spec, f"batch files {[str(p) for p in files]}")
-        except BatchValidationError as error:
+        try:
+            guardrails.check_batch([Path(path).stat().st_size for path in files])
+            validate_files(spec, files)
+        except (guardrails.GuardrailError, BatchValidationError) as error:
             raise BatchIngestionError(f"batch for dataset {dataset.name} rejected before upload: {error}") from error
         done = self._batch_with_key(dataset, idempotency_key)
         if done is not None:
             return done
-        tenant = self.tenant()
-        payloads = [_parquet_bytes(aep_xdm.nest(table, spec, tenant)) for table in tables]
-        if sum(len(p) for p in payloads) > MAX_BATCH_BYTES:
-            raise BatchIngestionError(f"batch for dataset {dataset.name} exceeds the 100 GB batch guardrail")
         api = self.api()
-        created = self._created(f"batch {idempotency_key} of {dataset.name}",
-                                lambda: self._loading_batch_with_key(dataset, idempotency_key),
-                                lambda: api.ingestion.connector.postData(
-                                    f"{api.ingestion.endpoint}/batches", headers=_json(api.ingestion.header),
-                                    data={"datasetId": dataset.id, "inputFormat": {"format": "parquet"},
-                                          "tags": {BATCH_KEY_TAG: [idempotency_key]}}))
-        batch_id = created["id"]
+        batch_id = self._created(f"batch {idempotency_key} of {dataset.name}",
+                                 lambda: self._loading_batch_with_key(dataset, idempotency_key),
+                                 lambda: api.ingestion.connector.postData(
+                                     f"{api.ingestion.endpoint}/batches", headers=_json(api.ingestion.header),
+                                     data={"datasetId": dataset.id, "inputFormat": {"format": "parquet"},
+                                           "tags": {BATCH_KEY_TAG: [idempotency_key]}}))["id"]
         try:
-            for index, payload in enumerate(payloads):
-                self._upload(batch_id, dataset.id, f"part-{index:05d}.parquet", payload)
+            for index, path in enumerate(files):
+                self._upload_nested(batch_id, dataset.id, f"part-{index:05d}.parquet", path, spec)
             api.ingestion.uploadSmallFileFinish(batchId=batch_id, action="COMPLETE")
         except Exception as error:
             try:
@@ -349,8 +347,7 @@ class AEPPlatform(Platform):
                 log.warning("could not abort batch %s: %s", batch_id, self.redact(abort_error))
             raise BatchIngestionError(f"batch {batch_id} of dataset {dataset.name} failed during upload: "
                                       f"{self.redact(error)}") from None
-        log.info("batch %s of %s completed (%d files), waiting for the platform", batch_id, dataset.name,
-                 len(payloads))
+        log.info("batch %s of %s completed (%d files), waiting for the platform", batch_id, dataset.name, len(files))
         try:
             body = self._wait(f"batch {batch_id}", lambda: self._terminal_batch(batch_id))
         except TimeoutError as error:
@@ -360,19 +357,26 @@ class AEPPlatform(Platform):
             raise BatchIngestionError(f"batch {batch_id} of dataset {dataset.name} failed: {batch.error}", batch)
         return batch
 
-    def _upload(self, batch_id: str, dataset_id: str, name: str, payload: bytes) -> None:
+    def _upload_nested(self, batch_id: str, dataset_id: str, name: str, path: Path, spec: DatasetSpec) -> None:
+        """One file in the XDM layout: a small-file PUT, or the large-file API in chunks."""
         api = self.api()
         url = f"{api.ingestion.endpoint}/batches/{batch_id}/datasets/{dataset_id}/files/{name}"
         binary = {"Content-Type": "application/octet-stream"}
-        if len(payload) <= self.large_file_bytes:
-            api.session.put(url, data=payload, headers=binary)
-            return
-        api.session.post(url, params={"action": "INITIALIZE"}, headers=binary)
-        for start in range(0, len(payload), self.chunk_bytes):
-            chunk = payload[start:start + self.chunk_bytes]
-            api.session.patch(url, data=chunk, headers={
-                **binary, "Content-Range": f"bytes {start}-{start + len(chunk) - 1}/{len(payload)}"})
-        api.session.post(url, params={"action": "COMPLETE"}, headers=binary)
+        with tempfile.TemporaryDirectory(prefix="aep-upload-") as tmp:
+            nested = Path(tmp) / "nested.parquet"
+            pq.write_table(aep_xdm.nest(conform(_read_parquet(path), spec, f"file {path}"), spec, self.tenant()),
+                           nested, compression="snappy")
+            size = nested.stat().st_size
+            with open(nested, "rb") as handle:
+                if size <= self.large_file_bytes:
+                    api.session.put(url, data=handle.read(), headers=binary)
+                    return
+                api.session.post(url, params={"action": "INITIALIZE"}, headers=binary)
+                for start, end in guardrails.chunks(size, self.chunk_bytes):
+                    handle.seek(start)
+                    api.session.patch(url, data=handle.read(end - start + 1),
+                                      headers={**binary, "Content-Range": f"bytes {start}-{end}/{size}"})
+                api.session.post(url, params={"action": "COMPLETE"}, headers=binary)
 
     def _terminal_batch(self, batch_id: str) -> dict | None:
         body = self.api().catalog.getBatch(batch_id).get(batch_id, {})
@@ -461,6 +465,25 @@ class AEPPlatform(Platform):
                     return pa.table({})
                 return _to_arrow(cursor.description, cursor.fetchall())
         return self._run(fetch)
+
+    def stream(self, select: str, storage: Storage, name: str) -> Iterator[pa.RecordBatch]:
+        """Up to `interactive_rows` rows over the Query Service wire; more through the platform's own bulk
+        path: a CTAS into the scratch dataset `cmle_bulk_{name}`, exported to cloud storage by the
+        dataset-export dataflow, read back file by file (the export folder is removed afterwards)."""
+        rows = int(self.query(f"SELECT COUNT(*) AS n FROM ({select}) AS counted")["n"][0].as_py())
+        if rows <= self.interactive_rows:
+            yield from self.query(select).to_batches()
+            return
+        log.info("%s: %d rows, more than the %d read interactively: reading them through a dataset export",
+                 name, rows, self.interactive_rows)
+        columns = ", ".join(names.quoted(c, "column") for c in self._columns(select))  # not the batch ids
+        scratch = self.create_table_as(names.identifier(f"cmle_bulk_{name}"[:63], "dataset name"),
+                                       f"SELECT {columns} FROM ({select}) AS bulk")
+        manifest = self.export_dataset(scratch, storage, datetime.now(timezone.utc))
+        try:
+            yield from storage.stream_batches(manifest)
+        finally:
+            storage.delete_prefix(manifest.prefix)
 
     def execute(self, text: str) -> None:
         """A short idempotent statement (DDL) over the interactive connection."""
@@ -747,14 +770,17 @@ class AEPPlatform(Platform):
 
     def activate_audience(self, audience: Audience, scores: Dataset, storage: Storage,
                           export_time: datetime) -> Manifest:
-        """Members (from Query Service, same interval as the segment) written to cmle/activation/...
+        """Members (from Query Service, same interval as the segment; a large audience through a dataset
+        export, see `stream`) written to cmle/activation/...
 
         Limitation: this is not an AEP destination activation (no destination dataflow, merge policy or
         consent evaluation); see docs/aep_mode.md.
         """
         log.warning("audience %r: members exported through Query Service by aep_assets, not through an AEP "
                     "destination dataflow (documented limitation)", audience.name)
-        return self.write_activation(storage, audience, self.audience_members(audience, scores), export_time)
+        members = self.stream(self.audience_members_sql(audience, scores), storage,
+                              f"members_{names.slug(audience.name).replace('-', '_').replace('.', '_')}")
+        return self.write_activation(storage, audience, members, export_time)
 
 
 class _Clients:
@@ -850,17 +876,28 @@ def _batch(batch_id: str, body: dict) -> Batch:
                  record_count=int(records) if records is not None else None, error=error, idempotency_key=key)
 
 
+def validate_files(spec: DatasetSpec, files: Sequence[Path]) -> None:
+    """Every file fits the dataset (one file in memory at a time); identities unique across the files
+    where the dataset wants one record per identity in a batch."""
+    identities = []
+    for path in files:
+        table = conform(_read_parquet(path), spec, f"file {path}")
+        if spec.unique_identity and len(files) > 1:
+            identities.append(pl.from_arrow(table.column(spec.identity)).hash(seed=0).to_numpy())
+        del table
+    if identities:
+        hashes = np.concatenate(identities)
+        repeated = int(hashes.size - np.unique(hashes).size)
+        if repeated:
+            raise BatchValidationError(f"batch files {[str(p) for p in files]}: duplicate {spec.identity!r} values "
+                                       f"across the files ({repeated} repeated)")
+
+
 def _read_parquet(path: Path) -> pa.Table:
     try:
         return pq.read_table(path)
     except Exception as error:  # pyarrow raises several types for unreadable files
         raise BatchValidationError(f"file {path}: not a readable parquet file ({error})") from error
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="snappy")
-    return sink.getvalue().to_pybytes()
 
 
 def _folders(keys: list[str], parent: str) -> set[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property
@@ -302,6 +302,12 @@ class LocalPlatform(Platform):
             cursor.execute(text)
             return cursor.fetch_arrow_table()
 
+    def stream(self, select: str, storage: Storage, name: str) -> Iterator[pa.RecordBatch]:
+        """Straight from the server, batch by batch (binary COPY through ADBC)."""
+        with self._arrow_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(select)
+            yield from cursor.fetch_record_batch()
+
     def execute(self, text: str) -> None:
         """A statement with no result (DDL, DML)."""
         with self.connect() as conn:
@@ -430,7 +436,8 @@ class LocalPlatform(Platform):
         manifests = {}
         for audience in selected:
             inside = pc.and_(pc.greater_equal(propensity, audience.lower), pc.less(propensity, audience.upper))
-            manifests[audience.name] = self.write_activation(storage, audience, latest.filter(inside), export_time)
+            manifests[audience.name] = self.write_activation(storage, audience, latest.filter(inside).to_batches(),
+                                                             export_time)
         return manifests
 
 

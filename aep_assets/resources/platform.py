@@ -7,7 +7,7 @@ Two implementations: `LocalPlatform` (embedded PostgreSQL, the default) and `AEP
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -99,6 +99,11 @@ class Platform(dg.ConfigurableResource, ABC):
         """Run a SELECT through Query Service; the result as Arrow (small results only)."""
 
     @abstractmethod
+    def stream(self, select: str, storage: Storage, name: str) -> Iterator[pa.RecordBatch]:
+        """The rows of a SELECT in record batches, however many there are: memory stays at one batch.
+        A platform may route many rows through cloud storage (a scratch dataset `name`, exported)."""
+
+    @abstractmethod
     def create_table_as(self, name: str, select: str) -> Dataset:
         """CTAS registered as a dataset; re-running replaces the table and keeps the dataset."""
 
@@ -150,11 +155,14 @@ class Platform(dg.ConfigurableResource, ABC):
         profile of a userid, the latest score of a profile), whatever the batches that sent them."""
         return merge.current_records_sql(spec, dataset.table)
 
-    def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
+    def audience_members_sql(self, audience: Audience, scores: Dataset) -> str:
         """The audience's current members: userid, contact attributes (the current profile) and propensity."""
         profiles = self.current_records(self.find_dataset_or_fail(PROFILES.name), PROFILES)
-        return self.query(audiences.members_sql(self.dialect, self.current_records(scores, PROPENSITY_SCORES),
-                                                profiles, audience.lower, audience.upper))
+        return audiences.members_sql(self.dialect, self.current_records(scores, PROPENSITY_SCORES), profiles,
+                                     audience.lower, audience.upper)
+
+    def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
+        return self.query(self.audience_members_sql(audience, scores))
 
     def audience_sizes(self, selected: list[Audience], scores: Dataset) -> dict[str, int]:
         """Sizes of several audiences (implementations may count them in one pass)."""
@@ -166,11 +174,14 @@ class Platform(dg.ConfigurableResource, ABC):
         return {a.name: self.activate_audience(a, scores, storage, export_time) for a in selected}
 
     @staticmethod
-    def write_activation(storage: Storage, audience: Audience, members: pa.Table, export_time: datetime) -> Manifest:
+    def write_activation(storage: Storage, audience: Audience, members: Iterable[pa.RecordBatch],
+                         export_time: datetime) -> Manifest:
         """Members under cmle/activation/{audience}/exportTime=.../; the audience's previous export is
         removed only once the new one is complete, or kept instead of it when the members are the same."""
         prefix = f"{audiences.activation_parent(audience.name)}/exportTime={export_time:%Y%m%d%H%M%S}"
-        return storage.write_table(prefix, members, compression="zstd", suffix=".parquet", keep=1)
+        batches = (batch.cast(audiences.MEMBERS_SCHEMA) for batch in members)
+        return storage.write_parquet_parts(prefix, batches, schema=audiences.MEMBERS_SCHEMA, compression="zstd",
+                                           suffix=".parquet", keep=1)
 
     def render(self, name: str, **params: object) -> str:
         """`sql/{name}.sql` in this platform's dialect."""

@@ -240,6 +240,15 @@ class Storage(dg.ConfigurableResource, ABC):
                 self.get_file(key, path)
             yield paths
 
+    def stream_batches(self, manifest: Manifest, batch_rows: int = 250_000) -> Iterator[pa.RecordBatch]:
+        """The rows of a complete write in record batches, one file downloaded at a time (memory stays
+        at one batch, local disk at one file)."""
+        for key in manifest.files:
+            with tempfile.TemporaryDirectory(prefix="aep-stream-") as tmp:
+                path = Path(tmp) / "part.parquet"
+                self.get_file(key, path)
+                yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+
     def read_frame(self, manifest: Manifest, columns: list[str] | None = None) -> pl.DataFrame:
         """Every file of a complete write as one polars frame. polars' own reader: for the 1M-profile
         training export, peak memory 615 MB against 846 MB through an Arrow table."""

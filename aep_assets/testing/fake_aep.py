@@ -506,7 +506,10 @@ class FakeAEP:
     def list_flow_items(self, kind, query, **_):
         store = self.flows if kind == "flows" else self.connections
         name = query.get("property", "").removeprefix("name==")
-        return 200, {"items": [i for i in store.values() if i["name"] == name and self.flow_kinds[i["id"]] == kind]}
+        found = [i for i in store.values() if i["name"] == name and self.flow_kinds[i["id"]] == kind]
+        # a listed connection names its auth, never its credentials
+        return 200, {"items": [{**i, "auth": {"specName": i["auth"]["specName"]}} if "auth" in i else i
+                               for i in found]}
 
     def create_flow_item(self, kind, body, **_):
         item_id = _uuid()

@@ -184,6 +184,15 @@ def _run_activities_spelling(document: dict) -> None:
             node["properties"]["activities"] = node["properties"].pop("activites")
 
 
+def _connections_are_listed(document: dict) -> None:
+    """destinations.yaml: GET /connections ("Retrieve a list of base connections") is described as one
+    connection; the list comes as {items: [...]}, as the same file's other listings and flow-service.yaml's
+    GET /connections give it."""
+    answer = _operation(document, "/connections", "get")["responses"]["200"]
+    media = answer["content"]["application/json"]
+    media["schema"] = {"type": "object", "properties": {"items": {"type": "array", "items": media["schema"]}}}
+
+
 def _overlapping_one_of(document: dict) -> None:
     """destinations.yaml: its oneOf branches (batch and streaming flows, V1 and V2 flow requests) overlap,
     none forbids the other's fields and there is no discriminator, so every valid payload matches several
@@ -199,7 +208,8 @@ PATCHES: dict[str, tuple] = {
     "segmentation.yaml": (_segment_definitions_list,),
     "batch-ingestion.yaml": (_large_file_answers_201, _large_file_chunks_are_binary, _batch_formats_and_states),
     "flow-service.yaml": (_run_activities_spelling,),
-    "destinations.yaml": (_overlapping_one_of, _destination_flows_have_names, _flow_request_versions),
+    "destinations.yaml": (_overlapping_one_of, _destination_flows_have_names, _flow_request_versions,
+                          _connections_are_listed),
 }
 
 
