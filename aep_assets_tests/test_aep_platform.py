@@ -586,6 +586,14 @@ def test_audiences_are_upserted_by_name_evaluated_and_deleted(aep, fake, tmp_pat
     assert aep.audiences() == [] and "foreign" in fake.segments
 
 
+def test_a_failed_segment_job_raises_adobe_errors(aep, fake, sleeps):
+    scores = aep.ensure_dataset(PROPENSITY_SCORES)
+    fake.job_outcome = "FAILED"
+    audience = aep.upsert_audience("Propensity - high", "Likely", 0.2, 0.5, scores)
+    with pytest.raises(AEPError, match=r"FAILED: 0090000009 Error while evaluating segment expression"):
+        aep.audience_size(audience, scores)
+
+
 def test_audience_members_and_activation_files_come_from_query_service(fake, sleeps, tmp_path):
     aep = make_aep()
     scores = aep.ensure_dataset(PROPENSITY_SCORES)

@@ -762,8 +762,9 @@ class AEPPlatform(Platform):
             job = api.segmentation.getJob(job_id)
             status = str(job.get("status", "")).upper()
             if status in ("FAILED", "CANCELLED", "CANCELED"):
-                raise AEPError(f"segment job {job_id} for audience {audience.name!r} {status}: "
-                               f"{self.redact(job.get('errors', ''))}")
+                errors = "; ".join(f"{e.get('code', '')} {e.get('msg') or e.get('message') or ''}".strip()
+                                   for e in job.get("errors") or []) or "no error details"
+                raise AEPError(f"segment job {job_id} for audience {audience.name!r} {status}: {self.redact(errors)}")
             return job if status == "SUCCEEDED" else None
         job = self._wait(f"segment job {job_id}", check)
         return int(((job.get("metrics") or {}).get("segmentedProfileCounter") or {}).get(audience.id, 0))
