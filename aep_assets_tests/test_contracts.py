@@ -3,6 +3,7 @@ request off the description does not; and the public testing aid, used as a deve
 
 import json
 import secrets
+import subprocess
 
 import dagster as dg
 import pyarrow as pa
@@ -11,7 +12,7 @@ import pytest
 
 from aep_assets.lib.datasets import PROFILES
 from aep_assets.resources.platform import Platform
-from aep_assets.testing import ContractViolation, fake_aep_platform
+from aep_assets.testing import ContractViolation, contracts, fake_aep_platform
 from aep_assets.testing.contracts import Contracts, SpecsMissing
 from aep_assets.testing.exchange import Exchange
 from aep_assets.testing.fake_aep import CLIENT_ID, ORG_ID, SANDBOX
@@ -66,6 +67,22 @@ def test_a_request_off_the_description_is_refused(aep_contracts):
 def test_the_missing_descriptions_are_named(tmp_path):
     with pytest.raises(SpecsMissing, match=str(tmp_path / "nowhere")):
         Contracts(folder=tmp_path / "nowhere")
+
+
+def test_a_scratch_clone_finds_the_descriptions_beside_its_origin(tmp_path, monkeypatch):
+    """`git clone . $(mktemp -d)` has no ../shared of its own: the folder beside the origin is used."""
+    origin, specs = tmp_path / "work" / "main", tmp_path / "work" / "shared" / "aep-openapi"
+    specs.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(origin)], check=True)
+    clone = tmp_path / "scratch" / "clone"
+    subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True, capture_output=True)
+    monkeypatch.delenv("AEP_ASSETS_OPENAPI_DIR", raising=False)
+    monkeypatch.setattr(contracts, "REPO_ROOT", clone)
+    assert contracts.spec_folder() == specs
+    monkeypatch.setattr(contracts, "REPO_ROOT", origin)
+    assert contracts.spec_folder() == specs
+    monkeypatch.setenv("AEP_ASSETS_OPENAPI_DIR", str(tmp_path / "elsewhere"))
+    assert contracts.spec_folder() == tmp_path / "elsewhere"
 
 
 @dg.asset

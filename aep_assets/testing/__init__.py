@@ -12,7 +12,8 @@ Query Service is a PostgreSQL database (the embedded one by default), so SQL run
 recorded in `fake.waits` instead of slept. Pytest users get the same as fixtures from
 `aep_assets.testing.pytest_plugin` (`pytest_plugins = ["aep_assets.testing.pytest_plugin"]`).
 The descriptions are read from AEP_ASSETS_OPENAPI_DIR (default `../shared/aep-openapi` beside the
-repository); without them the exchanges are not checked, and `require_contracts=True` makes that an error.
+repository, or beside the local repository it was cloned from); without them the exchanges are not
+checked, and `require_contracts=True` makes that an error.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Every request the AEP platform sends to the (fake) gateway and every answer a fake gives are checked
 against the OpenAPI/Swagger file of their service, from Adobe's repository AdobeDocs/
 experience-platform-apis (`static/swagger-specs/`), read from a folder (`AEP_ASSETS_OPENAPI_DIR`,
-default `../shared/aep-openapi` beside the repository), never copied into the project:
+default `../shared/aep-openapi` beside the repository or beside the local repository it was cloned
+from), never copied into the project:
 
 - the operation exists (method and path), its required parameters and headers are sent, and no query
   parameter is sent that the operation does not declare;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -45,7 +47,23 @@ SERVICES = (
 
 
 def spec_folder() -> Path:
-    return Path(os.environ.get("AEP_ASSETS_OPENAPI_DIR") or REPO_ROOT.parent / "shared" / "aep-openapi")
+    """AEP_ASSETS_OPENAPI_DIR, else `../shared/aep-openapi` beside this checkout, else beside the local
+    repository it was cloned from (a scratch clone in /tmp still finds the descriptions)."""
+    if os.environ.get("AEP_ASSETS_OPENAPI_DIR"):
+        return Path(os.environ["AEP_ASSETS_OPENAPI_DIR"])
+    beside_checkout = REPO_ROOT.parent / "shared" / "aep-openapi"
+    origin = _local_origin()
+    if beside_checkout.is_dir() or origin is None:
+        return beside_checkout
+    return origin.parent / "shared" / "aep-openapi"
+
+
+def _local_origin() -> Path | None:
+    """The folder this checkout was cloned from, when that is a path on this machine."""
+    found = subprocess.run(["git", "-C", str(REPO_ROOT), "config", "--get", "remote.origin.url"],
+                           capture_output=True, text=True, check=False)
+    url = found.stdout.strip().removeprefix("file://")
+    return Path(url) if url.startswith("/") and Path(url).is_dir() else None
 
 
 class SpecsMissing(RuntimeError):
