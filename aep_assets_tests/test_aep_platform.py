@@ -381,6 +381,14 @@ def test_bad_file_fails_before_any_http_call(aep, fake, tmp_path):
     assert fake.requests == []
 
 
+def test_a_profile_in_two_files_of_one_batch_fails_before_any_http_call(aep, fake, tmp_path):
+    dataset_stub = type("D", (), {"id": "x", "name": "cmle_profiles"})()
+    files = [profiles_file(tmp_path, 3, "a.parquet"), profiles_file(tmp_path, 2, "b.parquet")]
+    with pytest.raises(BatchIngestionError, match=r"duplicate 'userid' values across the files \(2 repeated\)"):
+        aep.ingest_batch(dataset_stub, PROFILES, files, idempotency_key="k")
+    assert fake.requests == []
+
+
 def test_failed_batch_reports_the_platform_errors(aep, fake, tmp_path):
     dataset = aep.ensure_dataset(PROFILES)
     with psycopg.connect(fake.conninfo, autocommit=True) as conn:  # make the platform's mapping fail

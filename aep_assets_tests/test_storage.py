@@ -4,6 +4,7 @@
 import os
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from aep_assets.resources.storage import LocalStorage, S3Storage, StorageError
@@ -35,6 +36,15 @@ def test_write_then_read_back_in_parts(any_storage):
     assert any_storage.read_table(latest).num_rows == 2500
     frame = any_storage.read_frame(latest, columns=["userid"])
     assert frame.columns == ["userid"] and frame["userid"].to_list() == table(2500)["userid"].to_pylist()
+
+
+def test_every_part_but_the_last_holds_exactly_rows_per_file(any_storage):
+    batches = [b for size in (700, 0, 700, 1700, 30) for b in table(size).to_batches()]
+    manifest = any_storage.write_parquet_parts("cmle/egress/ds5/exportTime=20260101000000", iter(batches),
+                                               schema=table(1).schema, rows_per_file=1000)
+    with any_storage.downloaded(manifest) as paths:
+        assert [pq.ParquetFile(p).metadata.num_rows for p in paths] == [1000, 1000, 1000, 130]
+    assert manifest.rows == 3130
 
 
 def test_readers_skip_exports_without_manifest(any_storage, tmp_path):

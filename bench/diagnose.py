@@ -194,13 +194,12 @@ def ingestion(platform, folder) -> None:
 def training_select(platform, training_meta: dict, events: str | None = None) -> str:
     """The training table's SELECT for the home's window, over the events dataset or another events table."""
     from aep_assets.lib import features
-    from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES
+    from aep_assets.lib.datasets import EXPERIENCE_EVENTS
 
     window = features.Window(datetime.fromisoformat(training_meta["cutoff"]),
                              datetime.fromisoformat(training_meta["horizon_end"]))
     events = events or platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name).table
-    profiles = platform.current_records(platform.find_dataset_or_fail(PROFILES.name), PROFILES)
-    return features.training_sql(platform.dialect, events, profiles, window)
+    return features.training_sql(platform.dialect, events, platform.current_profiles(), window)
 
 
 def feature_sql(platform, training_meta: dict) -> None:
@@ -469,10 +468,10 @@ def audiences(platform) -> None:
     every score record (what it replaced; still the AEP platform's view), and what the merge costs."""
     from aep_assets.lib import audiences as lib
     from aep_assets.lib import merge
-    from aep_assets.lib.datasets import PROFILES, PROPENSITY_SCORES
+    from aep_assets.lib.datasets import PROPENSITY_SCORES
 
     scores = platform.find_dataset_or_fail(PROPENSITY_SCORES.name)
-    profiles = platform.current_records(platform.find_dataset_or_fail(PROFILES.name), PROFILES)
+    profiles = platform.current_profiles()
     merged, window = platform.current_records(scores, PROPENSITY_SCORES), merge.current_records_sql(
         PROPENSITY_SCORES, scores.table)
     intervals = platform.audiences()

@@ -450,11 +450,11 @@ def probe_audiences(platform) -> dict:
 def probe_activation(platform, scratch: Path) -> dict:
     """One latest-score query, members of every interval cut in memory, each written as zstd parquet."""
     from aep_assets.lib import audiences
-    from aep_assets.lib.datasets import PROFILES, PROPENSITY_SCORES
+    from aep_assets.lib.datasets import PROPENSITY_SCORES
 
     scores = platform.find_dataset_or_fail(PROPENSITY_SCORES.name)
-    profiles = platform.current_records(platform.find_dataset_or_fail(PROFILES.name), PROFILES)
-    text = audiences.latest_members_sql(platform.dialect, platform.current_records(scores, PROPENSITY_SCORES), profiles)
+    text = audiences.latest_members_sql(platform.dialect, platform.current_records(scores, PROPENSITY_SCORES),
+                                        platform.current_profiles())
     parts = {}
     with timed(parts, "query_s"):
         latest = platform.query(text)

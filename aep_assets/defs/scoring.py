@@ -117,7 +117,7 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
             # Same features and model, same bytes: the storage keeps the earlier folder and nothing lands again.
             manifest = storage.write_parquet_parts(
                 f"{parent}/exportTime={datetime.now(timezone.utc):%Y%m%d%H%M%S}",
-                scoring.with_deciles(scored, min(scoring.CHUNK_ROWS, guardrails.SCORES_ROWS_PER_FILE)),
+                scoring.with_deciles(scored),
                 schema=scoring.SCORES_SCHEMA, rows_per_file=guardrails.SCORES_ROWS_PER_FILE, compression="zstd",
                 suffix=".parquet")
         seconds = time.monotonic() - started

@@ -71,7 +71,6 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
     known = None if oracle is None else ~np.isnan(oracle)
     evaluation = modeling.evaluate(model.y_test, scores,
                                    oracle=None if oracle is None else (model.y_test[known], oracle[known]))
-    oracle_auc = float(roc_auc_score(model.y_test[known], oracle[known])) if oracle is not None else None
     importance, importance_png = modeling.importance(model)
 
     mlflow, experiment_id = mlflow_tracking.activate()
@@ -89,7 +88,7 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
                            "test_rows": len(model.y_test), "trials": len(model.trials),
                            **{f"best_{k}": v for k, v in model.params.items()}})
         mlflow.log_metrics({**evaluation.metrics(), "train_seconds": train_seconds,
-                            **({"oracle_auc": oracle_auc} if oracle_auc is not None else {})})
+                            **({"oracle_auc": evaluation.oracle_auc} if evaluation.oracle_auc is not None else {})})
         with tempfile.TemporaryDirectory() as tmp:
             for name, png in {**evaluation.plots, "feature_importance": importance_png}.items():
                 (Path(tmp) / f"{name}.png").write_bytes(png)
@@ -124,7 +123,7 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
 
     yield dg.MaterializeResult(metadata={
         "model_auc": round(evaluation.roc_auc, 4),
-        "oracle_auc": round(oracle_auc, 4) if oracle_auc is not None else "no ground truth",
+        "oracle_auc": round(evaluation.oracle_auc, 4) if evaluation.oracle_auc is not None else "no ground truth",
         "pr_auc": round(evaluation.pr_auc, 4), "log_loss": round(evaluation.log_loss, 5),
         "brier": round(evaluation.brier, 5), "base_rate": round(evaluation.base_rate, 5),
         "registered_version": str(version), "promoted": promoted, "gate_passed": gate.passed,

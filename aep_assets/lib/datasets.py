@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -128,6 +130,18 @@ def conform(table: pa.Table, spec: DatasetSpec, source: str, now: datetime | Non
     if problems:
         raise BatchValidationError(f"{source}: " + "; ".join(problems))
     return conformed
+
+
+def identity_hashes(values: pl.Series) -> np.ndarray:
+    """64-bit hashes of the non-null identities of one file or chunk: what finding identities repeated
+    across many of them keeps in memory (8 bytes a row, not the strings)."""
+    return values.drop_nulls().hash(seed=0).to_numpy()
+
+
+def repeated_identities(hashes: list[np.ndarray]) -> int:
+    """How many identities repeat an earlier one, over the `identity_hashes` of several files or chunks."""
+    joined = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+    return int(joined.size - np.unique(joined).size)
 
 
 def _identity_problems(identity: pa.ChunkedArray, name: str) -> list[str]:

@@ -80,6 +80,7 @@ class Evaluation:
     brier: float
     base_rate: float
     deciles: pl.DataFrame
+    oracle_auc: float | None = None  # the ground truth's AUC on the same rows, where the generator knows it
     plots: dict[str, bytes] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
@@ -198,8 +199,9 @@ def evaluate(y_true: np.ndarray, scores: np.ndarray, *, oracle: tuple[np.ndarray
     pr_series = {f"model (AP {result.pr_auc:.3f})": (recall, precision)}
     if oracle is not None:
         o_true, o_prob = oracle
+        result.oracle_auc = float(roc_auc_score(o_true, o_prob))
         o_fpr, o_tpr, _ = roc_curve(o_true, o_prob)
-        roc_series[f"oracle (AUC {roc_auc_score(o_true, o_prob):.3f})"] = (o_fpr, o_tpr)
+        roc_series[f"oracle (AUC {result.oracle_auc:.3f})"] = (o_fpr, o_tpr)
         o_precision, o_recall, _ = precision_recall_curve(o_true, o_prob)
         pr_series[f"oracle (AP {average_precision_score(o_true, o_prob):.3f})"] = (o_recall, o_precision)
     result.plots["roc"] = plots.lines(roc_series, "ROC on held-out profiles", "false positive rate",

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aep_assets.lib import modeling
-from aep_assets.lib.datasets import PROPENSITY_SCORES
+from aep_assets.lib.datasets import PROPENSITY_SCORES, identity_hashes, repeated_identities
 from aep_assets.lib.features import AS_OF_COLUMN, ID_COLUMN
 
 CHUNK_ROWS = 250_000
@@ -55,10 +55,9 @@ def score_chunks(chunks: Iterable[pa.RecordBatch], predict: Callable[[pl.DataFra
             writer.write_table(_chunk_table(frame, propensity, model, profile_batch, no_decile))
             propensities.append(propensity)
             null_userids += frame[ID_COLUMN].null_count()
-            identities.append(frame[ID_COLUMN].drop_nulls().hash(seed=0).to_numpy())
-    hashes = np.concatenate(identities) if identities else np.empty(0, np.uint64)
+            identities.append(identity_hashes(frame[ID_COLUMN]))
     return ScoredBatch(path, np.concatenate(propensities) if propensities else np.empty(0), null_userids,
-                       int(hashes.size - np.unique(hashes).size))
+                       repeated_identities(identities))
 
 
 def _chunk_table(frame: pl.DataFrame, propensity: np.ndarray, model: tuple[str, str], profile_batch: str,

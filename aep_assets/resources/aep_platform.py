@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
-import numpy as np
 import polars as pl
 import psycopg
 import pyarrow as pa
@@ -32,7 +31,13 @@ import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
 
 from aep_assets.lib import guardrails, names, sql
-from aep_assets.lib.datasets import BatchValidationError, DatasetSpec, conform
+from aep_assets.lib.datasets import (
+    BatchValidationError,
+    DatasetSpec,
+    conform,
+    identity_hashes,
+    repeated_identities,
+)
 from aep_assets.resources import aep_http, aep_xdm
 from aep_assets.resources.aep_http import (
     AEPError,
@@ -383,21 +388,23 @@ class AEPPlatform(Platform):
         return body if str(body.get("status", "")).lower() in _SUCCESS | _FAILED else None
 
     def _batch_with_key(self, dataset: Dataset, key: str) -> Batch | None:
-        api = self.api()
-        found = api.catalog.connector.getData(f"{api.catalog.endpoint}/batches", params={
-            "dataSet": dataset.id, "status": "success", "tags": f"{BATCH_KEY_TAG}:{key}", "limit": 1})
-        for batch_id, body in found.items():
-            if isinstance(body, dict) and key in (body.get("tags") or {}).get(BATCH_KEY_TAG, []):
-                log.info("batch %s already holds this content (key %s)", batch_id, key)
-                return _batch(batch_id, body)
-        return None
+        found = self._tagged_batch(dataset, key, "success")
+        if found is None:
+            return None
+        log.info("batch %s already holds this content (key %s)", found[0], key)
+        return _batch(*found)
 
     def _loading_batch_with_key(self, dataset: Dataset, key: str) -> dict | None:
         """A batch created for this content and not yet completed (a create whose answer was lost)."""
+        found = self._tagged_batch(dataset, key, "loading")
+        return None if found is None else {"id": found[0], **found[1]}
+
+    def _tagged_batch(self, dataset: Dataset, key: str, status: str) -> tuple[str, dict] | None:
+        """(id, body) of a batch of the dataset in this status, tagged with this idempotency key."""
         api = self.api()
         found = api.catalog.connector.getData(f"{api.catalog.endpoint}/batches", params={
-            "dataSet": dataset.id, "status": "loading", "tags": f"{BATCH_KEY_TAG}:{key}", "limit": 1})
-        return next(({"id": batch_id, **body} for batch_id, body in found.items()
+            "dataSet": dataset.id, "status": status, "tags": f"{BATCH_KEY_TAG}:{key}", "limit": 1})
+        return next(((batch_id, body) for batch_id, body in found.items()
                      if isinstance(body, dict) and key in (body.get("tags") or {}).get(BATCH_KEY_TAG, [])), None)
 
     def completed_batches(self, dataset: Dataset, *, completed_after_ms: int = 0, limit: int | None = None
@@ -501,8 +508,7 @@ class AEPPlatform(Platform):
             if state.get("state") == "SUCCESS":
                 return state
             if state.get("state") in ("FAILED", "KILLED", "TIMEOUT", "CANCELLED", "CANCELED"):
-                errors = "; ".join(f"{e.get('code', '')} {e.get('message', '')}".strip()
-                                   for e in state.get("errors") or []) or "no error details"
+                errors = error_text(state.get("errors")) or "no error details"
                 raise AEPError(f"Query Service query {query_id} ({name}) {state['state']}: {self.redact(errors)}")
             return None
         return self._wait(f"Query Service query {query_id} ({name})", check)
@@ -762,8 +768,7 @@ class AEPPlatform(Platform):
             job = api.segmentation.getJob(job_id)
             status = str(job.get("status", "")).upper()
             if status in ("FAILED", "CANCELLED", "CANCELED"):
-                errors = "; ".join(f"{e.get('code', '')} {e.get('msg') or e.get('message') or ''}".strip()
-                                   for e in job.get("errors") or []) or "no error details"
+                errors = error_text(job.get("errors")) or "no error details"
                 raise AEPError(f"segment job {job_id} for audience {audience.name!r} {status}: {self.redact(errors)}")
             return job if status == "SUCCEEDED" else None
         job = self._wait(f"segment job {job_id}", check)
@@ -840,9 +845,15 @@ def run_errors(run: dict) -> str:
     errors = []
     for activity in run.get("activities") or []:
         summary = activity.get("statusSummary") or {}
-        for error in (summary.get("errors") or []) + ((summary.get("extensions") or {}).get("errors") or []):
-            errors.append(f"{error.get('code', '')} {error.get('message', '')}".strip())
-    return "; ".join(errors)
+        errors += (summary.get("errors") or []) + ((summary.get("extensions") or {}).get("errors") or [])
+    return error_text(errors)
+
+
+def error_text(errors: list[dict] | None, between: str = " ") -> str:
+    """Adobe's error objects as one line, "code text; ...": each service names the text differently
+    (`message`, Catalog's `description`, segmentation's `msg`)."""
+    return "; ".join(between.join(str(part) for part in (e.get("code"), e.get("description") or e.get("msg")
+                                                          or e.get("message")) if part) for e in errors or [])
 
 
 def _json(header: dict) -> dict:
@@ -864,9 +875,7 @@ def _pqs_table(body: dict) -> str:
 def _batch(batch_id: str, body: dict) -> Batch:
     raw = str(body.get("status", "")).lower()
     status = "success" if raw in _SUCCESS else "failed" if raw in _FAILED else "loading"
-    errors = body.get("errors") or []
-    error = "; ".join(f"{e.get('code', '')}: {e.get('description') or e.get('message') or ''}".strip(": ")
-                      for e in errors) or (f"status {raw}" if status == "failed" else None)
+    error = error_text(body.get("errors"), between=": ") or (f"status {raw}" if status == "failed" else None)
     dataset_id = next((o.get("id") for o in body.get("relatedObjects") or [] if o.get("type") == "dataSet"), "")
     metrics = body.get("metrics") or {}
     records = body.get("recordCount", metrics.get("outputRecordCount", metrics.get("recordCount")))
@@ -884,14 +893,12 @@ def validate_files(spec: DatasetSpec, files: Sequence[Path]) -> None:
     for path in files:
         table = conform(_read_parquet(path), spec, f"file {path}")
         if spec.unique_identity and len(files) > 1:
-            identities.append(pl.from_arrow(table.column(spec.identity)).hash(seed=0).to_numpy())
+            identities.append(identity_hashes(pl.from_arrow(table.column(spec.identity))))
         del table
-    if identities:
-        hashes = np.concatenate(identities)
-        repeated = int(hashes.size - np.unique(hashes).size)
-        if repeated:
-            raise BatchValidationError(f"batch files {[str(p) for p in files]}: duplicate {spec.identity!r} values "
-                                       f"across the files ({repeated} repeated)")
+    repeated = repeated_identities(identities)
+    if repeated:
+        raise BatchValidationError(f"batch files {[str(p) for p in files]}: duplicate {spec.identity!r} values "
+                                   f"across the files ({repeated} repeated)")
 
 
 def _read_parquet(path: Path) -> pa.Table:

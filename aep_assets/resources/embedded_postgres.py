@@ -103,10 +103,10 @@ def _server_user() -> str | None:
 
 def _processes_in(folder: Path) -> list[int]:
     """Pids of the processes whose working directory is `folder` (empty where /proc is missing)."""
-    found = []
+    found, folder = [], folder.resolve()
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if Path(os.readlink(entry / "cwd")) == folder.resolve():
+            if Path(os.readlink(entry / "cwd")) == folder:
                 found.append(int(entry.name))
         except OSError:  # gone meanwhile, or not ours to read
             continue

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
 
 from aep_assets.lib import audiences, merge, names, sql
-from aep_assets.lib.datasets import PROFILES, PROPENSITY_SCORES, BatchValidationError, DatasetSpec, conform
+from aep_assets.lib.datasets import PROPENSITY_SCORES, BatchValidationError, DatasetSpec, conform
 from aep_assets.resources.embedded_postgres import EmbeddedPostgres, ServerAddress
 from aep_assets.resources.platform import (
     Audience,
@@ -429,9 +429,8 @@ class LocalPlatform(Platform):
     def activate_audiences(self, selected: list[Audience], scores: Dataset, storage: Storage,
                            export_time: datetime) -> dict[str, Manifest]:
         """The latest scores are read once and cut per audience (each cut is a full-table read otherwise)."""
-        profiles = self.current_records(self.find_dataset_or_fail(PROFILES.name), PROFILES)
         latest = self.query(audiences.latest_members_sql(self.dialect, self.current_records(scores, PROPENSITY_SCORES),
-                                                         profiles))
+                                                         self.current_profiles()))
         propensity = latest["propensity"]
         manifests = {}
         for audience in selected:

@@ -155,11 +155,14 @@ class Platform(dg.ConfigurableResource, ABC):
         profile of a userid, the latest score of a profile), whatever the batches that sent them."""
         return merge.current_records_sql(spec, dataset.table)
 
+    def current_profiles(self) -> sql.Fragment:
+        """The current profile per userid, as a subquery."""
+        return self.current_records(self.find_dataset_or_fail(PROFILES.name), PROFILES)
+
     def audience_members_sql(self, audience: Audience, scores: Dataset) -> str:
         """The audience's current members: userid, contact attributes (the current profile) and propensity."""
-        profiles = self.current_records(self.find_dataset_or_fail(PROFILES.name), PROFILES)
-        return audiences.members_sql(self.dialect, self.current_records(scores, PROPENSITY_SCORES), profiles,
-                                     audience.lower, audience.upper)
+        return audiences.members_sql(self.dialect, self.current_records(scores, PROPENSITY_SCORES),
+                                     self.current_profiles(), audience.lower, audience.upper)
 
     def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
         return self.query(self.audience_members_sql(audience, scores))

@@ -130,22 +130,24 @@ class Storage(dg.ConfigurableResource, ABC):
         writer = {"host": socket.gethostname(), "pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat()}
         self.put_bytes(f"{prefix}/{WRITING}", json.dumps(writer).encode())
         files, rows, size, digest = self._upload_parts(prefix, batches, schema, rows_per_file, compression, suffix)
-        earlier = self.complete_writes(parent)
-        if earlier and earlier[-1].digest == digest:
+        complete = self.complete_writes(parent)
+        if complete and complete[-1].digest == digest:
             self.delete_prefix(prefix)
-            manifest = earlier[-1]
+            manifest = complete[-1]
         else:
             manifest = Manifest(prefix, files, rows, size, schema.names,
                                 datetime.now(timezone.utc).isoformat(timespec="seconds"), digest)
             self.put_bytes(f"{prefix}/{MANIFEST}", manifest.to_json())
             self.delete_key(f"{prefix}/{WRITING}")
-        self.prune(parent, self.keep_complete_writes if keep is None else keep)
+            complete = sorted([*complete, manifest], key=_manifest_key)
+        self._prune(parent, complete, self.keep_complete_writes if keep is None else keep)
         return manifest
 
     def _upload_parts(self, prefix: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema, rows_per_file: int,
                       compression: str, suffix: str) -> tuple[list[str], int, int, str]:
-        """The parts, uploaded one by one (memory stays at one record batch): keys, rows, bytes and the
-        SHA-256 of their bytes in order. An empty input still gives one readable file with the schema."""
+        """The parts, uploaded one by one (memory stays at one record batch), each of `rows_per_file` rows
+        but the last: keys, rows, bytes and the SHA-256 of their bytes in order. An empty input still gives
+        one readable file with the schema."""
         files: list[str] = []
         total_rows = total_bytes = 0
         digest = hashlib.sha256()
@@ -157,21 +159,21 @@ class Storage(dg.ConfigurableResource, ABC):
                 nonlocal total_bytes
                 key = f"{prefix}/part-{len(files):05d}{suffix}"
                 total_bytes += part_path.stat().st_size
-                digest.update(part_path.read_bytes())
+                with open(part_path, "rb") as part:
+                    for block in iter(lambda: part.read(1 << 20), b""):
+                        digest.update(block)
                 self.put_file(key, part_path)
                 files.append(key)
 
             writer: pq.ParquetWriter | None = None
             part_rows = 0
-            for batch in batches:
-                if batch.num_rows == 0:
-                    continue
+            for piece in _pieces(batches, rows_per_file):
                 if writer is None:
                     writer = pq.ParquetWriter(part_path, schema, compression=compression, compression_level=level)
-                writer.write_batch(batch)
-                part_rows += batch.num_rows
-                total_rows += batch.num_rows
-                if part_rows >= rows_per_file:
+                writer.write_batch(piece)
+                part_rows += piece.num_rows
+                total_rows += piece.num_rows
+                if part_rows == rows_per_file:
                     writer.close()
                     upload()
                     writer, part_rows = None, 0
@@ -183,15 +185,14 @@ class Storage(dg.ConfigurableResource, ABC):
                 upload()
         return files, total_rows, total_bytes, digest.hexdigest()
 
-    def prune(self, parent: str, keep: int) -> list[str]:
-        """Remove the complete writes under `parent` beyond the newest `keep`, and the folders that writers
-        killed mid-write left behind (never complete, so never read); return the prefixes removed."""
+    def _prune(self, parent: str, complete: list[Manifest], keep: int) -> None:
+        """Remove the complete writes under `parent` beyond the newest `keep` (`complete`: all of them,
+        oldest first), and the folders that writers killed mid-write left behind (never complete, so
+        never read)."""
         if keep < 1:
             raise ValueError(f"keep must be at least 1 (the write just made), got {keep}")
-        removed = [m.prefix for m in self.complete_writes(parent)[:-keep]] + self._abandoned_writes(parent)
-        for prefix in removed:
+        for prefix in [m.prefix for m in complete[:-keep]] + self._abandoned_writes(parent):
             self.delete_prefix(prefix)
-        return removed
 
     def _abandoned_writes(self, parent: str) -> list[str]:
         """Folders under `parent` without a manifest whose writer is gone: its process no longer runs on
@@ -214,15 +215,15 @@ class Storage(dg.ConfigurableResource, ABC):
 
     def write_table(self, prefix: str, table: pa.Table, **options) -> Manifest:
         """A whole in-memory table as a complete multi-file write."""
-        chunk = min(500_000, options.get("rows_per_file", 500_000))
-        return self.write_parquet_parts(prefix, table.to_batches(max_chunksize=chunk), schema=table.schema, **options)
+        return self.write_parquet_parts(prefix, table.to_batches(max_chunksize=500_000), schema=table.schema,
+                                        **options)
 
     def complete_writes(self, parent: str) -> list[Manifest]:
         """Manifests of the complete writes directly under `parent` (e.g. exportTime=... folders), oldest first."""
         parent = parent.rstrip("/")
         manifests = [key for key in self.list_keys(parent) if key.endswith(f"/{MANIFEST}")
                      and key[len(parent) + 1:].count("/") == 1]
-        return [Manifest.from_json(self.get_bytes(key)) for key in sorted(manifests)]
+        return sorted((Manifest.from_json(self.get_bytes(key)) for key in manifests), key=_manifest_key)
 
     def latest_complete(self, parent: str) -> Manifest:
         """The newest complete write under `parent`; folders without a manifest are ignored."""
@@ -259,6 +260,23 @@ class Storage(dg.ConfigurableResource, ABC):
         """Every file of a complete write as one Arrow table."""
         with self.downloaded(manifest) as paths:
             return pa.concat_tables([pq.read_table(path, columns=columns) for path in paths])
+
+
+def _pieces(batches: Iterable[pa.RecordBatch], rows_per_file: int) -> Iterator[pa.RecordBatch]:
+    """The non-empty batches, cut where a part of `rows_per_file` rows ends (zero-copy slices)."""
+    room = rows_per_file
+    for batch in batches:
+        start = 0
+        while start < batch.num_rows:
+            piece = batch.slice(start, room)
+            yield piece
+            start += piece.num_rows
+            room = room - piece.num_rows or rows_per_file
+
+
+def _manifest_key(manifest: Manifest) -> str:
+    """Where a manifest sorts among its siblings: by folder name (exportTime=...), oldest first."""
+    return f"{manifest.prefix}/{MANIFEST}"
 
 
 def _writer_gone(writer: dict) -> bool:

@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -76,19 +75,16 @@ class Contracts:
 
     folder: Path = field(default_factory=spec_folder)
     strict: bool = True
+    loaded: dict[str, tuple[OpenAPI, dict]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.folder.is_dir():
             raise SpecsMissing(f"Adobe's API descriptions are not in {self.folder} (set AEP_ASSETS_OPENAPI_DIR to "
                                "a copy of AdobeDocs/experience-platform-apis static/swagger-specs)")
 
-    @cached_property
-    def _apis(self) -> dict[str, tuple[OpenAPI, dict]]:
-        return {}
-
     def api(self, filename: str) -> tuple[OpenAPI, dict]:
         """The description of one service, overrides applied, as openapi-core's object and as a dict."""
-        if filename not in self._apis:
+        if filename not in self.loaded:
             document = _string_keys(yaml.safe_load((self.folder / filename).read_text()))
             if document.get("swagger") == "2.0":
                 document = swagger2_to_openapi3(document)
@@ -97,8 +93,8 @@ class Contracts:
             document["servers"] = [{"url": GATEWAY + base}]
             config = Config(spec_validator_cls=None,
                             extra_media_type_deserializers={"application/json-patch+json": json.loads})
-            self._apis[filename] = (OpenAPI(SchemaPath.from_dict(document), config=config), document)
-        return self._apis[filename]
+            self.loaded[filename] = (OpenAPI(SchemaPath.from_dict(document), config=config), document)
+        return self.loaded[filename]
 
     def check(self, exchange: Exchange) -> list[str]:
         """Problems of one exchange with the gateway, each naming the operation."""
