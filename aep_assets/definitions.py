@@ -6,9 +6,20 @@ import os
 
 import dagster as dg
 
-from aep_assets.defs import activation, automation, features, platform, scoring, synthetic, training
+from aep_assets.defs import (
+    activation,
+    export,
+    features,
+    jobs,
+    platform,
+    schedules,
+    scoring,
+    sensors,
+    synthetic,
+    training,
+)
 from aep_assets.resources.environment import build_resources
-from aep_assets.settings import REPO_ROOT, SettingError, platform_env
+from aep_assets.settings import REPO_ROOT, platform_env
 
 ASSETS = [
     synthetic.synthetic_data,
@@ -16,7 +27,7 @@ ASSETS = [
     platform.aep_experience_events,
     features.training_features,
     features.eda_summary,
-    features.training_export,
+    export.training_export,
     training.propensity_model,
     scoring.scoring_features,
     scoring.propensity_scores,
@@ -38,24 +49,13 @@ def production_executor():
     return k8s_job_executor.configured(config)
 
 
-def schedules() -> list[dg.ScheduleDefinition]:
-    retrain, rescore = (os.environ.get("AEP_ASSETS_RETRAIN_CRON", "0 3 * * 1"),
-                        os.environ.get("AEP_ASSETS_RESCORE_CRON", "0 4 * * *"))
-    try:
-        return automation.build_schedules(retrain, rescore)
-    except dg.DagsterInvalidDefinitionError as error:
-        raise SettingError(f"AEP_ASSETS_RETRAIN_CRON ({retrain!r}) and AEP_ASSETS_RESCORE_CRON ({rescore!r}) must be "
-                           f"5-field cron expressions such as '0 3 * * 1' (UTC): {error}") from None
-
-
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     """Everything Dagster loads; tests pass their own resources."""
     return dg.Definitions(
         assets=ASSETS,
-        jobs=[automation.load_synthetic_data_job, automation.train_propensity_model_job,
-              automation.rescore_profile_batch_job, automation.simulate_profile_batch_job],
-        sensors=[automation.new_profile_batch_sensor, automation.champion_promoted_sensor],
-        schedules=schedules(),
+        jobs=jobs.JOBS,
+        sensors=sensors.SENSORS,
+        schedules=schedules.configured_schedules(),
         resources=resources if resources is not None else build_resources(platform_env()),
         executor=production_executor(),
     )

@@ -15,11 +15,11 @@ from pathlib import Path
 import dagster as dg
 
 from aep_assets.definitions import build_definitions
-from aep_assets.defs.automation import RANGE_END, RANGE_START
 from aep_assets.defs.partitions import profile_batches
-from aep_assets.defs.synthetic import SyntheticDataConfig, check_same_population, source_folder
+from aep_assets.defs.synthetic import SyntheticDataConfig
 from aep_assets.lib.datasets import PROFILES
-from aep_assets.lib.source_files import population_of
+from aep_assets.lib.source_files import check_same_population, population_of, source_folder
+from aep_assets.metadata import partition_range_tags
 from aep_assets.settings import REPO_ROOT, SettingError, assets_home, platform_env
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -41,7 +41,7 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict
     instance.add_dynamic_partitions(profile_batches.name, keys)
     started = time.monotonic()
     result = defs.resolve_job_def("rescore_profile_batch_job").execute_in_process(
-        instance=instance, run_config=QUIET, tags={RANGE_START: keys[0], RANGE_END: keys[-1]}, raise_on_error=True)
+        instance=instance, run_config=QUIET, tags=partition_range_tags(keys[0], keys[-1]), raise_on_error=True)
     timings["rescore_profile_batch_job"] = time.monotonic() - started
     return timings
 

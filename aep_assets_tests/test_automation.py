@@ -86,7 +86,7 @@ def test_failed_batches_are_skipped_and_known_partitions_not_rescored(sensor_set
 
 
 def test_a_tick_is_bounded_and_the_rest_waits(sensor_setup, tmp_path):
-    from aep_assets.defs.automation import MAX_BATCHES_PER_TICK
+    from aep_assets.defs.sensors import MAX_BATCHES_PER_TICK
 
     defs, instance, platform, dataset = sensor_setup
     ids = [land(platform, dataset, tmp_path / f"{i}.parquet", range(i * 3, i * 3 + 3), f"b{i}").id
@@ -101,8 +101,9 @@ def test_a_tick_is_bounded_and_the_rest_waits(sensor_setup, tmp_path):
 def test_a_promotion_rescores_every_batch_once_and_a_kept_champion_nothing(promoted):
     """champion_promoted_sensor on a real training-job run: a stand-in propensity_model reports the
     metadata the real asset reports (`promoted`), so the sensor's decision is what is tested."""
-    from aep_assets.defs.automation import RANGE_END, RANGE_START, champion_promoted_sensor
     from aep_assets.defs.partitions import profile_batches
+    from aep_assets.defs.sensors import champion_promoted_sensor
+    from aep_assets.metadata import RANGE_END, RANGE_START
 
     @dg.asset(name="training_features")
     def features_table():

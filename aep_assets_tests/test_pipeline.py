@@ -154,7 +154,7 @@ def test_a_profile_update_batch_updates_profiles_and_adds_none(pipeline, tmp_pat
     profile per userid (the latest batch wins), and those profiles now belong to the new batch's partition."""
     import polars as pl
 
-    from aep_assets.defs.automation import RANGE_END, RANGE_START
+    from aep_assets.metadata import RANGE_END, RANGE_START
 
     defs, instance, platform = pipeline["defs"], pipeline["instance"], pipeline["resources"]["platform"]
     storage = pipeline["resources"]["storage"]
@@ -214,7 +214,7 @@ def test_a_broken_export_fails_the_gate_and_keeps_the_champion(pipeline):
 
 
 def test_full_rescore_schedule_requests_every_batch_in_one_run(pipeline):
-    from aep_assets.defs.automation import RANGE_END, RANGE_START
+    from aep_assets.metadata import RANGE_END, RANGE_START
 
     instance = pipeline["instance"]
     schedule = pipeline["defs"].get_schedule_def("full_rescore_schedule")

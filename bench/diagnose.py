@@ -279,9 +279,9 @@ ORDER BY users DESC
 def eda(platform) -> None:
     import polars as pl
 
-    from aep_assets.defs.features import TRAINING_DATASET, feature_label_correlations
     from aep_assets.lib import eda as lib
-    from aep_assets.lib.datasets import EXPERIENCE_EVENTS
+    from aep_assets.lib.datasets import EXPERIENCE_EVENTS, TRAINING_DATASET
+    from aep_assets.lib.eda import feature_label_correlations
     from aep_assets.lib.sql import Identifier
 
     events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name).table
@@ -313,9 +313,8 @@ def eda(platform) -> None:
 # --- scoring features -----------------------------------------------------------------------------
 
 def scoring_features(platform) -> None:
-    from aep_assets.defs.scoring import SCORING_DATASET
     from aep_assets.lib import features
-    from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES
+    from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, SCORING_DATASET
     from aep_assets.resources.platform import Dataset
 
     events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name).table
@@ -356,8 +355,8 @@ def training(platform, storage) -> None:
     import polars as pl
     from threadpoolctl import threadpool_limits
 
-    from aep_assets.defs.features import TRAINING_DATASET
     from aep_assets.lib import modeling
+    from aep_assets.lib.datasets import TRAINING_DATASET
     from aep_assets.lib.features import ID_COLUMN, LABEL_COLUMN
     from aep_assets.lib.holdout import is_held_out
     from aep_assets.resources.platform import export_parent
@@ -405,8 +404,8 @@ def openmp(platform, storage) -> None:
 
     import polars as pl
 
-    from aep_assets.defs.features import TRAINING_DATASET
     from aep_assets.lib import modeling
+    from aep_assets.lib.datasets import TRAINING_DATASET
     from aep_assets.lib.features import ID_COLUMN, LABEL_COLUMN, feature_columns
     from aep_assets.lib.holdout import is_held_out
     from aep_assets.resources.platform import export_parent
@@ -443,15 +442,15 @@ def openmp(platform, storage) -> None:
 def scoring(platform, tracking) -> None:
     import polars as pl
 
-    from aep_assets.defs.scoring import SCORING_DATASET
     from aep_assets.lib import modeling, plots
+    from aep_assets.lib.datasets import SCORING_DATASET
     from aep_assets.lib.sql import Identifier
 
-    seconds, (mlflow, _) = clock(tracking.activate)
-    note("scoring.mlflow_activate_s", seconds)
+    note("scoring.mlflow_activate_s", clock(tracking.activate)[0])
     note("scoring.champion_lookup_s", clock(tracking.champion_version)[0])
-    seconds, estimator = clock(mlflow.sklearn.load_model, tracking.champion_uri())
+    seconds, champion = clock(tracking.load_champion)
     note("scoring.load_model_s", seconds)
+    estimator = champion.estimator
     table = platform.find_dataset_or_fail(SCORING_DATASET).table
     key = platform.query(f'SELECT profile_batch FROM "{table}" LIMIT 1')["profile_batch"][0].as_py()
     seconds, frame = clock(lambda: pl.from_arrow(platform.query(platform.render(
@@ -554,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
     import dagster as dg
 
-    from aep_assets.defs.synthetic import source_folder
+    from aep_assets.lib.source_files import source_folder
     from aep_assets.resources.embedded_postgres import EmbeddedPostgres
     from aep_assets.resources.local_platform import LocalPlatform
     from aep_assets.resources.storage import LocalStorage

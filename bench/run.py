@@ -370,8 +370,8 @@ def probe_training(storage, platform, trials: list[dict]) -> dict:
     """One fit of the chosen hyperparameters on the same training rows, data already in memory."""
     import polars as pl
 
-    from aep_assets.defs.features import TRAINING_DATASET
     from aep_assets.lib import holdout, modeling
+    from aep_assets.lib.datasets import TRAINING_DATASET
     from aep_assets.lib.features import ID_COLUMN, LABEL_COLUMN, feature_columns
     from aep_assets.resources.platform import export_parent
 
@@ -400,14 +400,12 @@ def probe_scoring(platform, tracking, scratch: Path) -> dict:
     """Fetch all scoring features (ADBC), predict_proba on the in-memory array, write the scores as zstd."""
     import polars as pl
 
-    from aep_assets.defs.scoring import SCORING_DATASET
     from aep_assets.lib import modeling
+    from aep_assets.lib.datasets import SCORING_DATASET
     from aep_assets.lib.features import feature_columns
 
-    mlflow, _ = tracking.activate()
-    champion = tracking.champion_version()
-    estimator = mlflow.sklearn.load_model(tracking.champion_uri())
-    names = json.loads(champion.tags["features"])
+    champion = tracking.load_champion()
+    estimator, names = champion.estimator, champion.features
     table = platform.find_dataset_or_fail(SCORING_DATASET).table
     parts = {}
     with timed(parts, "fetch_s"):
@@ -601,10 +599,9 @@ PROBE_REPEAT_BELOW = 8.0  # seconds: cheaper probes run three times, dearer ones
 
 def run_probes(defs, instance, home: Path, sampler: TreeMemorySampler) -> dict:
     """Every probe on the data the pipeline just produced, on the same (now warm) server."""
-    from aep_assets.defs.features import TRAINING_DATASET
-    from aep_assets.defs.synthetic import source_folder
     from aep_assets.lib import features
-    from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
+    from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES, TRAINING_DATASET
+    from aep_assets.lib.source_files import source_folder
 
     platform, storage, tracking = (defs.resources[k] for k in ("platform", "storage", "mlflow_tracking"))
     scratch = home / "probe-scratch"

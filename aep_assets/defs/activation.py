@@ -1,16 +1,15 @@
 """Audiences by propensity interval, created in the platform from code, and their activation."""
 
-
 from datetime import datetime, timezone
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from aep_assets.defs.metadata import OWNERS, image, table
 from aep_assets.lib import audiences, plots
 from aep_assets.lib.datasets import PROPENSITY_SCORES
 from aep_assets.lib.names import slug
+from aep_assets.metadata import OWNERS, image, row_count, table
 from aep_assets.resources.platform import Platform
 from aep_assets.resources.storage import Storage
 
@@ -85,5 +84,5 @@ def audience_activations(context: dg.AssetExecutionContext, platform: Platform, 
     for deleted in {key.split("/")[2] for key in storage.list_keys("cmle/activation")} - current:
         storage.delete_prefix(f"cmle/activation/{deleted}")  # the exports of audiences no longer configured
     return dg.MaterializeResult(metadata={
-        "activations": table(pl.DataFrame(rows)), "dagster/row_count": sum(r["members"] for r in rows),
+        "activations": table(pl.DataFrame(rows)), **row_count(sum(r["members"] for r in rows)),
         "destination": dg.MetadataValue.path(storage.uri("cmle/activation"))})

@@ -1,22 +1,17 @@
-"""Query Service SQL over the platform datasets: EDA, the point-in-time training table, its export."""
+"""Query Service SQL over the platform datasets: the point-in-time training table and the EDA."""
 
-import hashlib
 import time
-from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import numpy as np
 import polars as pl
 from pydantic import Field
 
-from aep_assets.defs.metadata import OWNERS, image, preview, table
 from aep_assets.lib import eda, features, plots
-from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES
+from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, TRAINING_DATASET
 from aep_assets.lib.sql import Identifier
-from aep_assets.resources.platform import Dataset, Platform
-from aep_assets.resources.storage import Storage
-
-TRAINING_DATASET = "cmle_training_features"
+from aep_assets.metadata import OWNERS, image, preview, recorded, row_count, table
+from aep_assets.resources.platform import Platform
 
 
 class TrainingWindowConfig(dg.Config):
@@ -26,20 +21,6 @@ class TrainingWindowConfig(dg.Config):
                                                 "cutoff_days_before_end.")
     cutoff_days_before_end: float = Field(default=features.DEFAULT_CUTOFF_DAYS_BEFORE_END)
     horizon_days: float = Field(default=features.DEFAULT_HORIZON_DAYS, description="Label window after the cutoff.")
-
-
-def latest_event_time(platform: Platform, events_table: str) -> datetime:
-    """The newest event in the platform: the end of what is observed."""
-    latest = platform.query(platform.render("latest_event_time", events=Identifier(events_table)))["latest"][0].as_py()
-    if latest is None:
-        raise ValueError(f"the experience event dataset {events_table} has no events")
-    return latest.astimezone(timezone.utc)
-
-
-def timeline_end(platform: Platform, events_table: str) -> datetime:
-    """The day after the newest event (the synthetic timeline ends at midnight UTC)."""
-    latest = latest_event_time(platform, events_table)
-    return latest.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
 
 
 @dg.asset(deps=["aep_profiles", "aep_experience_events"], group_name="features", owners=OWNERS,
@@ -57,16 +38,17 @@ def timeline_end(platform: Platform, events_table: str) -> datetime:
 def training_features(context: dg.AssetExecutionContext, config: TrainingWindowConfig, platform: Platform):
     events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name)
     profiles = platform.find_dataset_or_fail(PROFILES.name)
-    window = training_window(config, platform, events.table)
+    window = features.Window.configured(config.cutoff, config.cutoff_days_before_end, config.horizon_days,
+                                        lambda: platform.timeline_end(events))
     current_profiles = platform.current_records(profiles, PROFILES)
     text = features.training_sql(platform.dialect, events.table, current_profiles, window)
-    inputs = inputs_version(text, platform, [events, profiles])
+    inputs = platform.inputs_version(text, [events, profiles])
     started = time.monotonic()
-    dataset = unchanged_output(context, platform, TRAINING_DATASET, inputs)
-    if dataset is None:
-        dataset = platform.create_table_as(TRAINING_DATASET, text)
-    else:
+    dataset, last = platform.find_dataset(TRAINING_DATASET), recorded(context)
+    if dataset is not None and (last.get("inputs_version"), last.get("dataset_id")) == (inputs, dataset.id):
         context.log.info(f"same SQL and input batches as the last materialization: {dataset.table} kept as it is")
+    else:
+        dataset = platform.create_table_as(TRAINING_DATASET, text)
     seconds = time.monotonic() - started
     counts = platform.query(platform.render("label_rate", table=Identifier(dataset.table)))
     rows, positives = counts["profiles"][0].as_py(), counts["positives"][0].as_py() or 0
@@ -77,7 +59,7 @@ def training_features(context: dg.AssetExecutionContext, config: TrainingWindowC
     context.log.info(f"training table {dataset.table}: {rows} rows, label rate {label_rate:.4f}, {seconds:.1f} s")
     sample = pl.from_arrow(platform.query(platform.render("dataset_preview", table=Identifier(dataset.table))))
     yield dg.MaterializeResult(
-        metadata={"dataset_id": dataset.id, "table": dataset.table, "dagster/row_count": rows,
+        metadata={"dataset_id": dataset.id, "table": dataset.table, **row_count(rows),
                   "cutoff": window.cutoff.isoformat(), "horizon_end": window.horizon_end.isoformat(),
                   "label_rate": round(label_rate, 5), "sql_seconds": round(seconds, 2), "inputs_version": inputs,
                   "sql": dg.MetadataValue.md(f"```sql\n{text}\n```"), "preview": preview(sample)},
@@ -89,39 +71,6 @@ def training_features(context: dg.AssetExecutionContext, config: TrainingWindowC
     yield dg.AssetCheckResult(
         check_name="training_features_label_rate", passed=0.005 <= label_rate <= 0.5,
         metadata={"label_rate": label_rate, "positives": positives})
-
-
-def training_window(config: TrainingWindowConfig, platform: Platform, events_table: str) -> features.Window:
-    if config.cutoff:
-        cutoff = datetime.fromisoformat(config.cutoff)
-        cutoff = cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=timezone.utc)
-        return features.Window(cutoff, cutoff + timedelta(days=config.horizon_days))
-    return features.Window.before_end(timeline_end(platform, events_table), config.cutoff_days_before_end,
-                                      config.horizon_days)
-
-
-def inputs_version(text: str, platform: Platform, inputs: list[Dataset]) -> str:
-    """What a CTAS result depends on: its SQL and the successful batches of the datasets it reads."""
-    digest = hashlib.sha256(text.encode())
-    for dataset in inputs:
-        digest.update(f"\n{dataset.id}:".encode())
-        digest.update(",".join(sorted(b.id for b in platform.completed_batches(dataset) if b.status == "success"))
-                      .encode())
-    return digest.hexdigest()[:32]
-
-
-def unchanged_output(context: dg.AssetExecutionContext, platform: Platform, name: str, inputs: str) -> Dataset | None:
-    """The dataset the last materialization built from the same inputs, if it is still there: a re-run
-    then rebuilds nothing and adds no batch."""
-    record = context.instance.get_latest_materialization_event(context.asset_key)
-    if record is None:
-        return None
-    metadata = record.asset_materialization.metadata
-    dataset = platform.find_dataset(name)
-    recorded_inputs, recorded_id = metadata.get("inputs_version"), metadata.get("dataset_id")
-    if dataset is None or recorded_inputs is None or recorded_id is None:
-        return None
-    return dataset if (recorded_inputs.value, recorded_id.value) == (inputs, dataset.id) else None
 
 
 @dg.asset(deps=["training_features"], group_name="features", owners=OWNERS, kinds={"postgres", "sql"},
@@ -143,7 +92,7 @@ def eda_summary(context: dg.AssetExecutionContext, platform: Platform) -> dg.Mat
     order = [known_types.index(t) for t in types]
     users = all_pairs[np.ix_(order, order)]
     share = users / np.maximum(np.diag(users)[:, None], 1)
-    correlations = feature_label_correlations(sample)
+    correlations = eda.feature_label_correlations(sample)
     total = weekly.group_by("week").agg(pl.col("events").sum()).sort("week")
     weekly_png = plots.lines({"all events": (np.arange(total.height), total["events"].to_numpy())},
                              "Events per week", "week of the timeline", "events")
@@ -163,31 +112,3 @@ def eda_summary(context: dg.AssetExecutionContext, platform: Platform) -> dg.Mat
         "label_rate_in_sample": round(float(sample["label"].mean() or 0.0), 5),
         "sample_rows": sample.height,
     })
-
-
-def feature_label_correlations(sample: pl.DataFrame) -> pl.DataFrame:
-    """Pearson correlation of each feature with the label; missing recencies count as 'long ago'."""
-    columns = features.feature_columns(sample.columns)
-    filled = sample.select([pl.col(c).cast(pl.Float64).fill_null(pl.col(c).cast(pl.Float64).max() * 2).fill_null(0)
-                            for c in columns] + [pl.col("label").cast(pl.Float64)])
-    values = [filled.select(pl.corr(c, "label")).item() for c in columns]
-    return (pl.DataFrame({"feature": columns, "correlation": values}).fill_nan(0.0).fill_null(0.0)
-            .sort(pl.col("correlation").abs(), descending=True))
-
-
-@dg.asset(deps=["training_features"], group_name="export", owners=OWNERS, kinds={"parquet", "s3"},
-          description="The training table exported to cloud storage as gzip parquet under "
-                      "cmle/egress/{dataset_id}/exportTime={YYYYMMDDHHMMSS}/, as AEP's dataset export "
-                      "writes it; complete only once its manifest exists. The ML side reads only this.")
-def training_export(context: dg.AssetExecutionContext, platform: Platform, storage: Storage) -> dg.MaterializeResult:
-    dataset = platform.find_dataset_or_fail(TRAINING_DATASET)
-    started = time.monotonic()
-    # In profile order where the platform can: the training step then reads it without sorting a copy.
-    manifest = platform.export_dataset(dataset, storage, datetime.now(timezone.utc), order_by=features.ID_COLUMN)
-    seconds = time.monotonic() - started
-    context.log.info(f"exported {manifest.rows} rows in {len(manifest.files)} files to "
-                     f"{storage.uri(manifest.prefix)} ({seconds:.1f} s)")
-    return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(storage.uri(manifest.prefix)), "dataset_id": dataset.id,
-        "dagster/row_count": manifest.rows, "bytes": manifest.bytes, "files": len(manifest.files),
-        "columns": dg.MetadataValue.json(manifest.columns), "export_seconds": round(seconds, 2)})

@@ -6,11 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 import polars as pl
 
-from aep_assets.defs.metadata import OWNERS, preview
-from aep_assets.defs.synthetic import source_folder
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, DatasetSpec
-from aep_assets.lib.source_files import file_digest
+from aep_assets.lib.source_files import file_digest, source_folder
 from aep_assets.lib.sql import Identifier
+from aep_assets.metadata import OWNERS, preview, row_count, table
 from aep_assets.resources.platform import Platform
 
 
@@ -37,8 +36,8 @@ def land_files(context: dg.AssetExecutionContext, platform: Platform, spec: Data
     return dg.MaterializeResult(metadata={
         "dataset_id": dataset.id,
         "table": dataset.table,
-        "dagster/row_count": landed_rows,
-        "batches": dg.MetadataValue.md(pl.DataFrame(batches).to_pandas().to_markdown(index=False)),
+        **row_count(landed_rows),
+        "batches": table(pl.DataFrame(batches)),
         "ingest_seconds": round(seconds, 2),
         "rows_per_second": round(landed_rows / max(seconds, 1e-9)),
         "preview": preview(pl.from_arrow(sample)),

@@ -1,6 +1,5 @@
 """Per profile batch: current features, champion scores in cloud storage, scores ingested back."""
 
-import json
 import tempfile
 import time
 import warnings
@@ -12,19 +11,17 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from aep_assets.defs.features import latest_event_time
-from aep_assets.defs.metadata import OWNERS, image
 from aep_assets.defs.partitions import profile_batches
-from aep_assets.lib import features, guardrails, modeling, plots, scoring
-from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
+from aep_assets.lib import features, guardrails, plots, scoring
+from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES, SCORING_DATASET
 from aep_assets.lib.drift import population_stability_index
 from aep_assets.lib.source_files import file_digest
-from aep_assets.lib.sql import Fragment, Identifier
+from aep_assets.lib.sql import Identifier
+from aep_assets.metadata import OWNERS, image, row_count, table
 from aep_assets.resources.platform import Platform
-from aep_assets.resources.storage import Storage, StorageError
+from aep_assets.resources.storage import Manifest, Storage, StorageError
 from aep_assets.resources.tracking import MlflowTracking
 
-SCORING_DATASET = "cmle_scoring_features"
 # A full rescore is one run over every batch, one statement for all of them. backfill_policy is a Dagster
 # beta parameter: chosen knowingly, so its warning is not repeated at every import (UI, daemon, each run).
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
@@ -46,7 +43,7 @@ def scores_parent(scores_dataset_id: str, profile_batch: str) -> str:
 def scoring_features(context: dg.AssetExecutionContext, platform: Platform):
     events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name)
     profiles = platform.find_dataset_or_fail(PROFILES.name)
-    as_of = features.scoring_as_of(latest_event_time(platform, events.table))
+    as_of = features.scoring_as_of(platform.latest_event_time(events))
     keys = context.partition_keys
     current_profiles = platform.current_records(profiles, PROFILES)
     text = features.scoring_sql(platform.dialect, events.table, current_profiles, as_of, keys)
@@ -55,11 +52,11 @@ def scoring_features(context: dg.AssetExecutionContext, platform: Platform):
     rows = platform.replace_slices(dataset, "profile_batch", keys, text)
     context.log.info(f"{sum(rows.values())} feature rows for {len(keys)} batch(es) "
                      f"in {time.monotonic() - started:.2f} s")
-    expected = profiles_per_batch(platform, current_profiles, keys)
+    expected = platform.profiles_per_batch(keys)
     counts = {key: {"feature_rows": rows[key], "profiles": expected[key]} for key in keys}
     mismatched = [k for k, c in counts.items() if c["feature_rows"] != c["profiles"] or c["profiles"] == 0]
     yield dg.MaterializeResult(metadata={"dataset": SCORING_DATASET, "as_of": as_of.isoformat(),
-                                         "dagster/row_count": sum(c["feature_rows"] for c in counts.values()),
+                                         **row_count(sum(c["feature_rows"] for c in counts.values())),
                                          "profile_batches": dg.MetadataValue.json(keys)})
     yield dg.AssetCheckResult(check_name="scoring_features_row_count", passed=not mismatched,
                               description=f"batches with a mismatch: {mismatched}" if mismatched else
@@ -83,60 +80,54 @@ def scoring_features(context: dg.AssetExecutionContext, platform: Platform):
                       "re-scoring the same features with the same model adds no file.")
 def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, storage: Storage,
                       mlflow_tracking: MlflowTracking):
-    champion = mlflow_tracking.champion_version()
+    champion = mlflow_tracking.load_champion()
     if champion is None:
         raise RuntimeError(f"no '{mlflow_tracking.champion_uri()}' in the registry: materialize propensity_model "
                            "and let it pass the gate first")
-    mlflow, _ = mlflow_tracking.activate()
-    # By version, not by alias: the alias may move while this run scores.
-    estimator = mlflow.sklearn.load_model(f"models:/{champion.name}/{champion.version}")
-    feature_names = json.loads(champion.tags["features"]) if "features" in champion.tags else None
     scores_dataset = platform.ensure_dataset(PROPENSITY_SCORES)
-    feature_table = platform.find_dataset_or_fail(SCORING_DATASET)
-    profiles = platform.find_dataset_or_fail(PROFILES.name)
+    feature_table = Identifier(platform.find_dataset_or_fail(SCORING_DATASET).table)
+    profiles_in_batch = platform.profiles_per_batch(context.partition_keys)
     summaries, all_scores, checked, invalid, drift = [], [], [], {}, {}
-    profiles_in_batch = profiles_per_batch(platform, platform.current_records(profiles, PROFILES),
-                                           context.partition_keys)
-
-    def predict(frame: pl.DataFrame) -> np.ndarray:
-        return modeling.predict(estimator, frame, feature_names or features.feature_columns(frame.columns))
-
     for key in context.partition_keys:
         started = time.monotonic()
-        rows = platform.stream(platform.render("scoring_features_of_batch", table=Identifier(feature_table.table),
-                                               profile_batch=key), storage, f"scoring_features_{key}")
+        rows = platform.stream(platform.render("scoring_features_of_batch", table=feature_table, profile_batch=key),
+                               storage, f"scoring_features_{key}")
         with tempfile.TemporaryDirectory(prefix="aep-scores-") as tmp:
-            scored = scoring.score_chunks(rows, predict, (champion.name, str(champion.version)), key, Path(tmp))
+            scored = scoring.score_chunks(rows, champion.predict, (champion.name, champion.version), key, Path(tmp))
             checked.append(scored.propensity)
             problems = scoring.problems(scored, profiles_in_batch[key])
             if problems:  # never written, so the ingestion downstream cannot pick them up
                 invalid[key] = problems
                 continue
-            parent = scores_parent(scores_dataset.id, key)
-            previous = _previous_scores(storage, parent)
-            # Same features and model, same bytes: the storage keeps the earlier folder and nothing lands again.
-            manifest = storage.write_parquet_parts(
-                f"{parent}/exportTime={datetime.now(timezone.utc):%Y%m%d%H%M%S}",
-                scoring.with_deciles(scored),
-                schema=scoring.SCORES_SCHEMA, rows_per_file=guardrails.SCORES_ROWS_PER_FILE, compression="zstd",
-                suffix=".parquet")
-        seconds = time.monotonic() - started
+            previous, manifest = _write_scores(storage, scores_parent(scores_dataset.id, key), scored)
         psi = population_stability_index(previous, scored.propensity) if previous is not None else None
         if psi is not None:
             drift[key] = round(psi, 5)
-        summaries.append({"profile_batch": key, "profiles": scored.rows,
-                          "mean_propensity": float(scored.propensity.mean()) if scored.rows else 0.0,
-                          "psi_vs_previous": psi, "path": storage.uri(manifest.prefix), "seconds": round(seconds, 3)})
+        summaries.append(scoring.summary(key, scored, psi, storage.uri(manifest.prefix), time.monotonic() - started))
         all_scores.append(scored.propensity)
-        context.log.info(f"batch {key}: scored {scored.rows} profiles in {seconds:.2f} s "
-                         f"→ {storage.uri(manifest.prefix)}")
+        context.log.info(f"batch {key}: scored {scored.rows} profiles → {storage.uri(manifest.prefix)}")
     values = np.concatenate(all_scores) if all_scores else np.empty(0)
     yield dg.MaterializeResult(metadata=_scores_metadata(champion, values, summaries))
+    yield from _score_checks(values, np.concatenate(checked) if checked else np.empty(0), invalid, drift)
+
+
+def _write_scores(storage: Storage, parent: str, scored: scoring.ScoredBatch) -> tuple[np.ndarray | None, Manifest]:
+    """The batch's previous scores (for drift), and the new scores file: the same features and model give the
+    same bytes, so the storage keeps the earlier folder and nothing lands again."""
+    previous = _previous_scores(storage, parent)
+    manifest = storage.write_parquet_parts(
+        f"{parent}/exportTime={datetime.now(timezone.utc):%Y%m%d%H%M%S}", scoring.with_deciles(scored),
+        schema=scoring.SCORES_SCHEMA, rows_per_file=guardrails.SCORES_ROWS_PER_FILE, compression="zstd",
+        suffix=".parquet")
+    return previous, manifest
+
+
+def _score_checks(values: np.ndarray, checked: np.ndarray, invalid: dict[str, list[str]], drift: dict[str, float]):
     yield dg.AssetCheckResult(
         check_name="propensity_scores_valid", passed=not invalid,
         description="; ".join(f"batch {k}: {', '.join(v)}" for k, v in invalid.items()) or
         f"{values.size} scores in [0, 1], one per profile, no nulls",
-        metadata=_range_of(np.concatenate(checked) if checked else np.empty(0)))
+        metadata=_range_of(checked))
     drifted = {k: v for k, v in drift.items() if v > PSI_WARNING}
     yield dg.AssetCheckResult(
         check_name="propensity_scores_drift", passed=not drifted, severity=dg.AssetCheckSeverity.WARN,
@@ -148,8 +139,7 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
 def _scores_metadata(champion, values: np.ndarray, summaries: list[dict]) -> dict:
     metadata = {
         "model": f"{champion.name} v{champion.version}",
-        "dagster/row_count": int(values.size), "batches": dg.MetadataValue.md(
-            pl.DataFrame(summaries).to_pandas().to_markdown(index=False, floatfmt=".4g")),
+        **row_count(int(values.size)), "batches": table(pl.DataFrame(summaries)),
         "histogram_plot": image(plots.histogram(values, "Propensity of the scored profiles", "propensity"), "scores"),
     }
     if len(summaries) == 1:
@@ -161,14 +151,6 @@ def _range_of(values: np.ndarray) -> dict[str, float]:
     """Min and max of every score checked, the invalid ones included (where a failure shows)."""
     finite = values[~np.isnan(values)]
     return {"min": float(finite.min()) if finite.size else 0.0, "max": float(finite.max()) if finite.size else 0.0}
-
-
-def profiles_per_batch(platform: Platform, current_profiles: Fragment, keys: list[str]) -> dict[str, int]:
-    """How many current profiles each of these batches last touched (0 for an unknown batch)."""
-    counted = platform.query(platform.render("profiles_per_batch", profiles=current_profiles,
-                                             profile_batches=list(keys)))
-    found = dict(zip(counted["profile_batch"].to_pylist(), counted["profiles"].to_pylist(), strict=True))
-    return {key: int(found.get(key, 0)) for key in keys}
 
 
 def _previous_scores(storage: Storage, parent: str) -> np.ndarray | None:
@@ -200,5 +182,5 @@ def aep_propensity_scores(context: dg.AssetExecutionContext, platform: Platform,
     with ThreadPoolExecutor(platform.concurrent_ingestions) as pool:  # each batch atomic on its own
         landed = list(pool.map(land, context.partition_keys))
     return dg.MaterializeResult(metadata={
-        "dataset_id": dataset.id, "dagster/row_count": sum(b["records"] or 0 for b in landed),
-        "batches": dg.MetadataValue.md(pl.DataFrame(landed).to_pandas().to_markdown(index=False))})
+        "dataset_id": dataset.id, **row_count(sum(b["records"] or 0 for b in landed)),
+        "batches": table(pl.DataFrame(landed))})

@@ -6,11 +6,17 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from aep_assets.defs.metadata import OWNERS, preview, table
 from aep_assets.lib import synthetic
 from aep_assets.lib.features import DEFAULT_CUTOFF_DAYS_BEFORE_END, DEFAULT_HORIZON_DAYS
-from aep_assets.lib.source_files import SourceFolder, population_of, timeline_of
-from aep_assets.settings import SettingError, assets_home, checked_profiles, default_profiles
+from aep_assets.lib.source_files import (
+    check_same_population,
+    configured_end,
+    population_of,
+    source_folder,
+    timeline_of,
+)
+from aep_assets.metadata import OWNERS, preview, row_count, table
+from aep_assets.settings import SettingError, checked_profiles, default_profiles
 
 
 class SyntheticDataConfig(dg.Config):
@@ -34,38 +40,6 @@ class SyntheticDataConfig(dg.Config):
         return synthetic.SyntheticConfig(
             profiles=profiles, batches=self.batches, seed=self.seed, end=configured_end(self.timeline_end),
             weeks=self.weeks, cutoff_days_before_end=self.cutoff_days_before_end, horizon_days=self.horizon_days)
-
-
-def configured_end(value: str) -> datetime:
-    """The configured end of the timeline; empty: the end of the population this home already holds (a
-    re-run, even on another day, regenerates the same one), else the start of today (UTC), so that events
-    never lie in the future."""
-    if value:
-        try:
-            end = datetime.fromisoformat(value)
-        except ValueError:
-            raise SettingError(f"synthetic_data's timeline_end must be an ISO date such as 2026-12-01, "
-                               f"got {value!r}") from None
-        return end if end.tzinfo else end.replace(tzinfo=timezone.utc)
-    recorded = source_folder().population()
-    if recorded:
-        return datetime.fromisoformat(recorded["end"])
-    return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def check_same_population(folder: SourceFolder, wanted: dict) -> None:
-    """Refuse to generate a different population into a home that already holds one: its batches would
-    land beside the old ones and the platform would hold two populations under the same ids."""
-    recorded = folder.population()
-    if recorded is None or recorded == wanted:
-        return
-    changed = ", ".join(f"{k} {recorded[k]} -> {wanted[k]}" for k in sorted(wanted) if recorded.get(k) != wanted[k])
-    raise SettingError(f"the home {assets_home()} holds another synthetic population ({changed}): use a new "
-                       "AEP_ASSETS_HOME for it, or `make clean` to remove everything in this one first")
-
-
-def source_folder() -> SourceFolder:
-    return SourceFolder(assets_home() / "synthetic")
 
 
 @dg.multi_asset(
@@ -114,12 +88,12 @@ def synthetic_data(context: dg.AssetExecutionContext, config: SyntheticDataConfi
               "folder": dg.MetadataValue.path(str(folder.current)), "batches": generator_config.batches,
               "seed": generator_config.seed}
     yield dg.MaterializeResult(asset_key="synthetic_profiles", metadata={
-        **common, "dagster/row_count": profiles_total,
+        **common, **row_count(profiles_total),
         "profiles_per_batch": dg.MetadataValue.json(profile_counts),
         "preview": preview(first.profiles.drop("batch")),
     })
     yield dg.MaterializeResult(asset_key="synthetic_experience_events", metadata={
-        **common, "dagster/row_count": events_total,
+        **common, **row_count(events_total),
         "events_per_profile": round(events_total / max(profiles_total, 1), 2),
         "conversion_rate": round(converted / max(profiles_total, 1), 4),
         "horizon_conversion_rate": round(float(truth.filter(~pl.col("converted_before_cutoff"))

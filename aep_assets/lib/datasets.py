@@ -81,6 +81,11 @@ PROPENSITY_SCORES = DatasetSpec(
 
 ALL = (PROFILES, EXPERIENCE_EVENTS, PROPENSITY_SCORES)
 
+# Datasets made by Query Service SQL (CTAS), not ingested: the point-in-time training table, and the current
+# features of every profile, replaced per profile batch.
+TRAINING_DATASET = "cmle_training_features"
+SCORING_DATASET = "cmle_scoring_features"
+
 
 class BatchValidationError(ValueError):
     """A batch does not fit its dataset; the message names the batch source and the problem."""

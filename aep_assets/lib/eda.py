@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from aep_assets.lib import sql
+from aep_assets.lib.features import feature_columns
 from aep_assets.lib.sql import Fragment
 
 
@@ -38,3 +39,13 @@ def funnel(weekly: pl.DataFrame, pairs: np.ndarray, types: Sequence[str]) -> pl.
     return (pl.DataFrame({"event_type": list(types), "events": [int(events.get(t, 0)) for t in types],
                           "users": np.diag(pairs).astype(np.int64)})
             .filter(pl.col("events") > 0).sort("events", descending=True))
+
+
+def feature_label_correlations(sample: pl.DataFrame) -> pl.DataFrame:
+    """Pearson correlation of each feature with the label; missing recencies count as 'long ago'."""
+    columns = feature_columns(sample.columns)
+    filled = sample.select([pl.col(c).cast(pl.Float64).fill_null(pl.col(c).cast(pl.Float64).max() * 2).fill_null(0)
+                            for c in columns] + [pl.col("label").cast(pl.Float64)])
+    values = [filled.select(pl.corr(c, "label")).item() for c in columns]
+    return (pl.DataFrame({"feature": columns, "correlation": values}).fill_nan(0.0).fill_null(0.0)
+            .sort(pl.col("correlation").abs(), descending=True))

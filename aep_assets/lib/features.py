@@ -7,9 +7,9 @@ as of the newest event.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from aep_assets.lib import sql
 from aep_assets.lib.sql import Fragment, Identifier
@@ -34,6 +34,17 @@ class Window:
                    horizon_days: float = DEFAULT_HORIZON_DAYS) -> Window:
         cutoff = end - timedelta(days=cutoff_days_before_end)
         return cls(cutoff, cutoff + timedelta(days=horizon_days))
+
+    @classmethod
+    def configured(cls, cutoff: str, cutoff_days_before_end: float, horizon_days: float,
+                   timeline_end: Callable[[], datetime]) -> Window:
+        """An ISO `cutoff` when given (UTC unless it says otherwise), else `cutoff_days_before_end` before the
+        end of the timeline (asked for only then: it costs a query)."""
+        if not cutoff:
+            return cls.before_end(timeline_end(), cutoff_days_before_end, horizon_days)
+        at = datetime.fromisoformat(cutoff)
+        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        return cls(at, at + timedelta(days=horizon_days))
 
 
 def _user_features(events: str, profiles: Fragment, as_of: datetime, profile_filter: str) -> Fragment:

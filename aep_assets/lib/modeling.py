@@ -9,6 +9,8 @@ the test rows are touched only for the final evaluation.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -250,3 +252,25 @@ def deciles_of(scores: np.ndarray) -> np.ndarray:
         return np.empty(0, dtype=np.int32)
     ranks = scores.argsort(kind="stable").argsort(kind="stable")
     return (ranks * 10 // len(scores) + 1).astype(np.int32)
+
+
+def training_fingerprint(frame: pl.DataFrame, config: dict) -> str:
+    """Content of the training rows (sorted by profile id, so the export's row order does not matter)
+    and the training config: the same fingerprint trains the same model."""
+    digest = hashlib.sha256(in_profile_order(frame).hash_rows(seed=0).to_numpy().tobytes())
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    return digest.hexdigest()[:32]
+
+
+def oracle_on(truth: pl.DataFrame, test_ids: np.ndarray, y_test: np.ndarray) -> np.ndarray | None:
+    """The generator's ground-truth probability of each held-out profile (NaN where it has none), or None
+    when it knows too few of them (another generation or window, or real data)."""
+    if truth.is_empty():
+        return None
+    known = truth.filter(pl.col("oracle_probability").is_not_null()).select(ID_COLUMN, "oracle_probability")
+    aligned = (pl.DataFrame({ID_COLUMN: test_ids}).join(known, on=ID_COLUMN, how="left", maintain_order="left")
+               ["oracle_probability"].to_numpy().astype(np.float64))
+    found = ~np.isnan(aligned)
+    if found.sum() < 0.9 * len(test_ids) or len(np.unique(y_test[found])) < 2:
+        return None
+    return aligned

@@ -97,3 +97,10 @@ def with_deciles(scored: ScoredBatch, chunk_rows: int = CHUNK_ROWS) -> Iterator[
         offset += chunk.num_rows
         columns = {name: chunk.column(name) for name in chunk.schema.names} | {"decile": decile}
         yield pa.RecordBatch.from_arrays([columns[f.name] for f in SCORES_SCHEMA], schema=SCORES_SCHEMA)
+
+
+def summary(profile_batch: str, scored: ScoredBatch, psi: float | None, path: str, seconds: float) -> dict:
+    """One row of the scoring run's table in the UI."""
+    return {"profile_batch": profile_batch, "profiles": scored.rows,
+            "mean_propensity": float(scored.propensity.mean()) if scored.rows else 0.0,
+            "psi_vs_previous": psi, "path": path, "seconds": round(seconds, 3)}

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import polars as pl
@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from aep_assets.lib.processes import alive
 from aep_assets.lib.synthetic import SyntheticConfig, SyntheticData
+from aep_assets.settings import SettingError, assets_home
 
 
 @dataclass(frozen=True)
@@ -119,3 +120,36 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def source_folder() -> SourceFolder:
+    """The synthetic source system of this home."""
+    return SourceFolder(assets_home() / "synthetic")
+
+
+def configured_end(value: str) -> datetime:
+    """The configured end of the timeline; empty: the end of the population this home already holds (a
+    re-run, even on another day, regenerates the same one), else the start of today (UTC), so that events
+    never lie in the future."""
+    if value:
+        try:
+            end = datetime.fromisoformat(value)
+        except ValueError:
+            raise SettingError(f"synthetic_data's timeline_end must be an ISO date such as 2026-12-01, "
+                               f"got {value!r}") from None
+        return end if end.tzinfo else end.replace(tzinfo=timezone.utc)
+    recorded = source_folder().population()
+    if recorded:
+        return datetime.fromisoformat(recorded["end"])
+    return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def check_same_population(folder: SourceFolder, wanted: dict) -> None:
+    """Refuse to generate a different population into a home that already holds one: its batches would
+    land beside the old ones and the platform would hold two populations under the same ids."""
+    recorded = folder.population()
+    if recorded is None or recorded == wanted:
+        return
+    changed = ", ".join(f"{k} {recorded[k]} -> {wanted[k]}" for k in sorted(wanted) if recorded.get(k) != wanted[k])
+    raise SettingError(f"the home {assets_home()} holds another synthetic population ({changed}): use a new "
+                       "AEP_ASSETS_HOME for it, or `make clean` to remove everything in this one first")

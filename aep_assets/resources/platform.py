@@ -6,10 +6,11 @@ Two implementations: `LocalPlatform` (embedded PostgreSQL, the default) and `AEP
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -195,6 +196,34 @@ class Platform(dg.ConfigurableResource, ABC):
         if dataset is None:
             raise LookupError(f"dataset {name!r} does not exist in the platform yet: materialize its asset first")
         return dataset
+
+    def latest_event_time(self, events: Dataset) -> datetime:
+        """The newest event in the platform: the end of what is observed."""
+        answer = self.query(self.render("latest_event_time", events=sql.Identifier(events.table)))
+        latest = answer["latest"][0].as_py()
+        if latest is None:
+            raise ValueError(f"the experience event dataset {events.table} has no events")
+        return latest.astimezone(timezone.utc)
+
+    def timeline_end(self, events: Dataset) -> datetime:
+        """The day after the newest event (the synthetic timeline ends at midnight UTC)."""
+        latest = self.latest_event_time(events)
+        return latest.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+
+    def inputs_version(self, text: str, inputs: list[Dataset]) -> str:
+        """What a CTAS result depends on: its SQL and the successful batches of the datasets it reads."""
+        digest = hashlib.sha256(text.encode())
+        for dataset in inputs:
+            batches = sorted(b.id for b in self.completed_batches(dataset) if b.status == "success")
+            digest.update(f"\n{dataset.id}:{','.join(batches)}".encode())
+        return digest.hexdigest()[:32]
+
+    def profiles_per_batch(self, keys: Sequence[str]) -> dict[str, int]:
+        """How many current profiles each of these batches last touched (0 for an unknown batch)."""
+        counted = self.query(self.render("profiles_per_batch", profiles=self.current_profiles(),
+                                         profile_batches=list(keys)))
+        found = dict(zip(counted["profile_batch"].to_pylist(), counted["profiles"].to_pylist(), strict=True))
+        return {key: int(found.get(key, 0)) for key in keys}
 
 
 def export_prefix(dataset: Dataset, export_time: datetime) -> str:

@@ -4,19 +4,61 @@ A ConfigurableResource of our own rather than dagster-mlflow's `mlflow_tracking`
 legacy function resource (`required_resource_keys`, `config_schema`) that opens one MLflow run
 per Dagster run and has no registry helpers, while the model asset needs one run per
 materialization, registry aliases and a typed, testable config.
+
+The assets never touch the `mlflow` module: they load the champion, log a training run, register a
+model once per training fingerprint and promote it, each through one method here.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
+import polars as pl
 from pydantic import Field
 
+from aep_assets.lib import modeling
+from aep_assets.lib.features import feature_columns
 from aep_assets.settings import assets_home
 
 CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The registered version that carries the champion alias, loaded by version (the alias may move
+    while a run uses it)."""
+
+    name: str
+    version: str
+    features: list[str] | None
+    estimator: object
+
+    def scores_on(self, x: np.ndarray, features: list[str]) -> np.ndarray | None:
+        """Its scores on rows of `features`, or None when it reads other features."""
+        if (self.features or features) != features:
+            return None
+        return self.estimator.predict_proba(x)[:, 1]
+
+    def predict(self, frame: pl.DataFrame) -> np.ndarray:
+        """Propensity of every row of a feature table."""
+        return modeling.predict(self.estimator, frame, self.features or feature_columns(frame.columns))
+
+
+@dataclass
+class TrainingRun:
+    """What one training leaves in the tracking store; `artifacts` are files under `evaluation/`."""
+
+    name: str
+    tags: dict[str, str]
+    params: dict[str, object]
+    metrics: dict[str, float]
+    artifacts: dict[str, bytes] = field(default_factory=dict)
 
 
 class MlflowTracking(dg.ConfigurableResource):
@@ -27,29 +69,29 @@ class MlflowTracking(dg.ConfigurableResource):
     experiment_name: str = Field(default="cmle_propensity")
     registered_model_name: str = Field(default="cmle_propensity_model")
 
-    def _paths(self) -> tuple[str, str]:
-        root = assets_home() / "mlflow"
-        uri = self.tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
-        artifacts = self.artifact_location or (root / "artifacts").as_uri()
-        if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return uri, artifacts
+    def store_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{assets_home() / 'mlflow' / 'mlflow.db'}"
 
     def activate(self):
-        """Point the mlflow module at this store and return it with the experiment id."""
+        """Point the mlflow module at this store; the experiment id, created on first use."""
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow  # 1.3 s import: only where a model is trained or loaded
 
-        uri, artifacts = self._paths()
+        uri = self.store_uri()
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         experiment = mlflow.get_experiment_by_name(self.experiment_name)
-        experiment_id = (experiment.experiment_id if experiment else
-                         mlflow.create_experiment(self.experiment_name, artifact_location=artifacts))
-        return mlflow, experiment_id
+        if experiment:
+            return experiment.experiment_id
+        artifacts = self.artifact_location or (assets_home() / "mlflow" / "artifacts").as_uri()
+        return mlflow.create_experiment(self.experiment_name, artifact_location=artifacts)
 
     def client(self):
-        mlflow, _ = self.activate()
+        self.activate()
+        import mlflow
+
         return mlflow.MlflowClient()
 
     def champion_uri(self) -> str:
@@ -65,9 +107,64 @@ class MlflowTracking(dg.ConfigurableResource):
                 return None
             raise
 
-    def run_link(self, run_id: str, experiment_id: str) -> dg.MetadataValue:
+    def load_champion(self) -> Champion | None:
+        version = self.champion_version()
+        if version is None:
+            return None
+        import mlflow
+
+        estimator = mlflow.sklearn.load_model(f"models:/{version.name}/{version.version}")
+        features = json.loads(version.tags["features"]) if "features" in version.tags else None
+        return Champion(version.name, str(version.version), features, estimator)
+
+    def log_training(self, run: TrainingRun) -> str:
+        """One MLflow run with the training's tags, parameters, metrics and evaluation files; its id."""
+        experiment_id = self.activate()
+        import mlflow
+
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run.name) as active:
+            mlflow.set_tags(run.tags)
+            mlflow.log_params(run.params)
+            mlflow.log_metrics(run.metrics)
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, content in run.artifacts.items():
+                    (Path(tmp) / name).write_bytes(content)
+                mlflow.log_artifacts(tmp, artifact_path="evaluation")
+        return active.info.run_id
+
+    def register_once(self, run_id: str, model: modeling.TrainedModel, algorithm: str, fingerprint: str,
+                      tags: dict[str, str]) -> tuple[str, bool]:
+        """The registered version of this training fingerprint, registering the model only the first
+        time (the same data and config train the same model); and whether it was new."""
+        client = self.client()
+        same = client.search_model_versions(f"name='{self.registered_model_name}' and "
+                                            f"tags.training_fingerprint='{fingerprint}'")
+        if same:
+            return str(same[0].version), False
+        import mlflow
+        import sklearn
+
+        example = model.x_test[:100]
+        with mlflow.start_run(run_id=run_id):
+            logged = mlflow.sklearn.log_model(
+                model.estimator, name="model",
+                signature=mlflow.models.infer_signature(example, model.estimator.predict_proba(example)[:, 1]),
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}"],  # inference costs seconds
+                skops_trusted_types=modeling.SKOPS_TRUSTED_TYPES[algorithm])
+            # The tags come with the version, in one registry call: a run killed here leaves either no
+            # version or one the fingerprint finds, never an untagged one that a re-run would duplicate.
+            version = mlflow.register_model(logged.model_uri, self.registered_model_name, tags={
+                **tags, "features": json.dumps(model.features), "training_fingerprint": fingerprint,
+                "mlflow_run_id": run_id}).version
+        return str(version), True
+
+    def promote(self, version: str) -> None:
+        """Give `version` the champion alias: scoring uses it from now on."""
+        self.client().set_registered_model_alias(self.registered_model_name, CHAMPION, version)
+
+    def run_link(self, run_id: str) -> dg.MetadataValue:
         """Where a person finds the run: a link on a tracking server, the command for the local store."""
-        uri, _ = self._paths()
+        uri, experiment_id = self.store_uri(), self.activate()
         if uri.startswith("http"):
             return dg.MetadataValue.url(f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}")
         return dg.MetadataValue.text(f"mlflow ui --backend-store-uri {uri}  →  experiment {experiment_id}, "
