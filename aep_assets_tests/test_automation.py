@@ -22,7 +22,7 @@ from aep_assets_tests.test_local_platform import profiles_file
 
 def evaluate(defs, instance, cursor=None, records: list | None = None):
     """One tick of the sensor; what it logs goes to `records` (log records) when given."""
-    sensor = defs.get_sensor_def("new_profile_batch_sensor")
+    sensor = defs.resolve_sensor_def("new_profile_batch_sensor")
     context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources)
     if records is not None:
         handler = logging.Handler()

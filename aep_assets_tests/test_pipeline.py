@@ -87,9 +87,9 @@ def test_checks_passed(pipeline):
     instance = pipeline["instance"]
     for check in ["training_features_row_count", "training_features_label_rate", "propensity_scores_valid",
                   "propensity_audiences_sizes", "scoring_features_row_count"]:
-        records = instance.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(dg.AssetKey(check.split("_")[0] if False else _asset_of(check)), check), limit=5)
-        assert records and all(r.status.value == "SUCCEEDED" for r in records), check
+        record = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(dg.AssetKey(_asset_of(check)), check))
+        assert record is not None and record.status.value == "SUCCEEDED", check
 
 
 def _asset_of(check: str) -> str:
@@ -217,11 +217,11 @@ def test_full_rescore_schedule_requests_every_batch_in_one_run(pipeline):
     from aep_assets.metadata import RANGE_END, RANGE_START
 
     instance = pipeline["instance"]
-    schedule = pipeline["defs"].get_schedule_def("full_rescore_schedule")
+    schedule = pipeline["defs"].resolve_schedule_def("full_rescore_schedule")
     request = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests[0]
     keys = instance.get_dynamic_partitions("profile_batches")
     assert request.tags[RANGE_START] == keys[0] and request.tags[RANGE_END] == keys[-1]
-    retrain = pipeline["defs"].get_schedule_def("retrain_propensity_model_schedule")
+    retrain = pipeline["defs"].resolve_schedule_def("retrain_propensity_model_schedule")
     assert retrain.cron_schedule == "0 3 * * 1" and retrain.job_name == "train_propensity_model_job"
 
 
