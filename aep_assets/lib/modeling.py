@@ -1,7 +1,7 @@
 """Propensity model training and evaluation: pure scikit-learn on Arrow/polars, no Dagster.
 
 The default is HistGradientBoostingClassifier: it takes missing recencies (never happened) as
-they are, and trains in seconds on 2 cores. The reference's RandomForest and a logistic
+they are, and trains in seconds. The reference's RandomForest and a logistic
 regression baseline are selectable. Hyperparameters come from a seeded random search that stops
 at a trial count or a time budget, scored on a validation split carved out of the training rows;
 the test rows are touched only for the final evaluation.
@@ -143,11 +143,11 @@ def train(frame: pl.DataFrame, settings: TrainingSettings) -> TrainedModel:
     y_train, y_test = labels[~test], labels[test]
     if len(np.unique(y_test)) < 2 or len(np.unique(y_train)) < 2:
         raise ValueError(f"too few positives ({int(labels.sum())}) to split {len(labels)} rows for training")
-    # Each side straight from the frame: a full matrix and its two fancy-indexed copies cost 400 MB at 1M.
+    # Each side straight from the frame: a full matrix and its two fancy-indexed copies would triple the memory.
     x_train, x_test = (matrix(frame.filter(pl.Series(side)), features) for side in (~test, test))
     ids_test = frame[ID_COLUMN].filter(pl.Series(test)).to_numpy()
-    # The search compares settings on at most SEARCH_ROWS rows: at 1M profiles a trial on every row
-    # cost ~11 s (4 trials: 45 s of a 130 s step). The final fit uses all training rows.
+    # The search compares settings on at most SEARCH_ROWS rows: trials on every row of a large population
+    # would dominate the step (docs/performance.md). The final fit uses all training rows.
     search_rows = min(len(y_train), SEARCH_ROWS)
     x_fit, x_val, y_fit, y_val = train_test_split(
         x_train, y_train, train_size=int(search_rows * 0.8), test_size=search_rows - int(search_rows * 0.8),
@@ -227,9 +227,8 @@ def calibration_bins(y_true: np.ndarray, scores: np.ndarray, bins: int = 10) -> 
 def importance(model: TrainedModel, max_rows: int = 5_000) -> tuple[pl.DataFrame, bytes]:
     """Permutation importance (drop in test AUC) on up to `max_rows` test rows, with a bar chart.
 
-    It costs (features x repeats) predictions: on 20k rows x 3 repeats it took longer than the
-    training itself (43 s vs 32 s on a loaded 2-core machine); the smaller sample is noisier for
-    weak features, which the chart shows as near-zero bars either way."""
+    It costs (features x repeats) predictions, more than the training itself on every test row; the
+    smaller sample is noisier for weak features, which the chart shows as near-zero bars either way."""
     rows = min(max_rows, len(model.y_test))
     result = permutation_importance(model.estimator, model.x_test[:rows], model.y_test[:rows],
                                     scoring="roc_auc", n_repeats=2, random_state=0, n_jobs=1)

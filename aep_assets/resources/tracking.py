@@ -75,7 +75,7 @@ class MlflowTracking(dg.ConfigurableResource):
     def activate(self):
         """Point the mlflow module at this store; the experiment id, created on first use."""
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        import mlflow  # 1.3 s import: only where a model is trained or loaded
+        import mlflow  # a slow import: only where a model is trained or loaded
 
         uri = self.store_uri()
         if uri.startswith("sqlite:///"):
