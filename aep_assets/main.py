@@ -19,7 +19,7 @@ from aep_assets.defs.partitions import profile_batches
 from aep_assets.defs.synthetic import SyntheticDataConfig
 from aep_assets.lib.datasets import PROFILES
 from aep_assets.lib.source_files import check_same_population, population_of, source_folder
-from aep_assets.metadata import partition_range_tags
+from aep_assets.metadata import ROW_COUNT, partition_range_tags, table_lines
 from aep_assets.settings import REPO_ROOT, SettingError, assets_home, platform_env
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -63,7 +63,7 @@ def summary(instance: dg.DagsterInstance, timings: dict) -> str:
     lines = [
         "",
         "aep_assets: the CMLE workflow ran end to end",
-        f"  profiles {profiles.get('dagster/row_count')}, events {events.get('dagster/row_count')} "
+        f"  profiles {profiles.get(ROW_COUNT)}, events {events.get(ROW_COUNT)} "
         f"(conversion rate {events.get('conversion_rate')})",
         f"  model AUC {model.get('model_auc')}  vs  oracle AUC {model.get('oracle_auc')}  "
         f"(PR AUC {model.get('pr_auc')}, version {model.get('registered_version')}, "
@@ -71,7 +71,7 @@ def summary(instance: dg.DagsterInstance, timings: dict) -> str:
         f"  training export  {export.get('path')}",
         f"  MLflow run       {model.get('mlflow_run')}",
         "  audiences (profiles per interval):",
-        *["    " + line for line in str(audiences.get("reach", "")).splitlines()],
+        *["    " + line for line in (table_lines(audiences["reach"]) if "reach" in audiences else [])],
         f"  activation files {activations.get('destination')}",
         "  timings: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()),
         "  look closer: `make ui`, then http://127.0.0.1:3000 (assets, checks, runs, plots)",

@@ -42,6 +42,21 @@ def table(frame: pl.DataFrame) -> dg.MetadataValue:
     return dg.MetadataValue.table(records, schema=dg.TableSchema(columns=columns))
 
 
+def table_lines(value: dg.TableMetadataValue) -> list[str]:
+    """A metadata table as aligned text lines, for a terminal."""
+    names = [column.name for column in value.schema.columns]
+    rows = [[_cell(record.data.get(name)) for name in names] for record in value.records]
+    widths = [max(len(text) for text in column) for column in zip(names, *rows, strict=True)]
+    numeric = [column.type in ("int", "float") for column in value.schema.columns]
+    return ["| " + " | ".join(text.rjust(width) if right else text.ljust(width)
+                              for text, width, right in zip(row, widths, numeric, strict=True)) + " |"
+            for row in [names, *rows]]
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def preview(frame: pl.DataFrame, rows: int = 10) -> dg.MetadataValue:
     """The first rows of a dataset."""
     return table(frame.head(rows))
