@@ -2,11 +2,11 @@
 
 A fresh AEP_ASSETS_HOME and DAGSTER_HOME (the project's dagster.yaml copied in, as `make` does) get
 the whole graph materialized with `aep_assets.main.run_all`; then `dagster-webserver` and
-`dagster-daemon` run over them, as `make ui` (`dagster dev`) does. Headless Chromium (Debian's
-/usr/bin/chromium, driven over the Chrome DevTools Protocol with `websockets`, no browser download)
-checks that the global asset graph shows all 13 assets and that an asset page shows its plots; a
-materialization is launched with the same GraphQL mutation the UI's Materialize button sends, and
-must succeed.
+`dagster-daemon` run over them, as `make ui` (`dagster dev`) does. Playwright drives the system's
+headless Chromium (Debian's /usr/bin/chromium, which `make test` installs with scripts/install_chromium;
+Playwright never downloads a browser of its own here) and checks that the global asset graph shows
+all 13 assets and that an asset page shows its plots; a materialization is launched with the same
+GraphQL mutation the UI's Materialize button sends, and must succeed.
 
 Why the daemon: the project's dagster.yaml sets `concurrency.runs`, so the instance uses the
 QueuedRunCoordinator: a run launched from the UI waits in the queue until `dagster-daemon`
@@ -20,10 +20,7 @@ else to pytest's temp folder, so `make test` leaves the working tree clean.
 
 from __future__ import annotations
 
-import base64
 import io
-import itertools
-import json
 import os
 import re
 import shutil
@@ -33,12 +30,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import requests
-from websockets.sync.client import connect
+from playwright.sync_api import Browser, Locator, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -50,11 +50,13 @@ ASSET_KEYS = (
 RUN_CONFIG = {
     "load_synthetic_data_job": {"ops": {"synthetic_data": {"config": {"profiles": 2000, "batches": 2}}}},
 }
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+# Playwright's launch already runs it headless without sandbox, first-run, component updates or background
+# networking; no machine here has a GPU, so none is probed for.
+CHROMIUM_FLAGS = ["--disable-gpu"]
 # Wide enough that the fitted graph is drawn above Dagster's "minimal" zoom (full names, status rows).
-GRAPH_VIEWPORT = (3200, 1400)
-PAGE_VIEWPORT = (1600, 1000)
+GRAPH_VIEWPORT = {"width": 3200, "height": 1400}
+PAGE_VIEWPORT = {"width": 1600, "height": 1000}
+WAIT_MS = 30_000
 
 pytestmark = pytest.mark.slow
 
@@ -91,79 +93,27 @@ def stop_groups(*processes: subprocess.Popen, grace: float = 10) -> None:
             process.wait(timeout=10)
 
 
-class Browser:
-    """Headless Chromium over the Chrome DevTools Protocol: navigate, evaluate, click, screenshot."""
-
-    def __init__(self, binary: str, profile: Path):
-        self.process = subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        port_file = profile / "DevToolsActivePort"  # Chromium writes the port it picked here
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and len(port_file.read_text().splitlines()) >= 2):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{binary} did not open its DevTools port (exit code {self.process.poll()})")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        pages = [t for t in requests.get(f"http://127.0.0.1:{port}/json", timeout=10).json() if t["type"] == "page"]
-        self.socket = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
-        self.ids = itertools.count(1)
-
-    def send(self, method: str, **params):
-        message_id = next(self.ids)
-        self.socket.send(json.dumps({"id": message_id, "method": method, "params": params}))
-        while True:  # skip events until our answer
-            message = json.loads(self.socket.recv(timeout=60))
-            if message.get("id") == message_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message["result"]
-
-    def evaluate(self, expression: str):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression[:80]}...: {result['exceptionDetails'].get('exception')}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, what: str, timeout: float = 30):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}; page text: "
-                                     f"{(self.evaluate('document.body.innerText') or '')[:1500]}")
-            time.sleep(0.25)
-
-    def open(self, url: str, viewport: tuple[int, int]) -> None:
-        self.send("Emulation.setDeviceMetricsOverride", width=viewport[0], height=viewport[1],
-                  deviceScaleFactor=1, mobile=False)
-        self.evaluate("window.__previousPage = true")  # gone once the new document has loaded
-        self.send("Page.navigate", url=url)
-        self.wait_for("!window.__previousPage && document.readyState === 'complete'", f"the load of {url}")
-
-    def press(self, key: str, code: str, key_code: int, alt: bool = False) -> None:
-        for kind in ("keyDown", "keyUp"):
-            self.send("Input.dispatchKeyEvent", type=kind, modifiers=1 if alt else 0, key=key, code=code,
-                      windowsVirtualKeyCode=key_code)
-
-    def click(self, point: list[float]) -> None:
-        """A real mouse click (pressed + released) at a viewport point."""
-        for kind in ("mousePressed", "mouseReleased"):
-            self.send("Input.dispatchMouseEvent", type=kind, x=point[0], y=point[1], button="left", clickCount=1)
-
-    def screenshot(self, clip: dict | None = None) -> bytes:
-        params = {"format": "png", "captureBeyondViewport": False}
-        if clip:
-            params["clip"] = {**clip, "scale": 1}
-        return base64.b64decode(self.send("Page.captureScreenshot", **params)["data"])
-
-    def close(self) -> None:
+def wait_for_server(url: str, webserver: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    """Until the webserver answers /server_info; fails with its log if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert webserver.poll() is None, f"dagster-webserver exited:\n{tail(log)}"
         try:
-            self.socket.close()
-        finally:
-            stop_groups(self.process)
+            if requests.get(f"{url}/server_info", timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, f"no /server_info in {timeout:.0f} s:\n{tail(log)}"
+        time.sleep(0.5)
+
+
+@contextmanager
+def page_text_on_timeout(page: Page) -> Iterator[None]:
+    """A Playwright wait that times out fails with what the page showed, to tell a slow page from a wrong one."""
+    try:
+        yield
+    except PlaywrightTimeout as error:
+        raise AssertionError(f"{error.message}\npage text: {page.inner_text('body')[:1500]}") from error
 
 
 class UI:
@@ -187,13 +137,20 @@ class UI:
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
+    """The system Chromium; a skip only where scripts/install_chromium cannot install it, a failure in CI."""
     binary = chromium_binary()
-    if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("no Chromium binary in CI: .ci/run must install it (scripts/install_chromium)")
-        pytest.skip("no Chromium binary (chromium / chromium-browser) on PATH: run scripts/install_chromium "
-                    "as root, or `apt-get install chromium chromium-driver`")
-    return binary
+    if binary is not None:
+        return binary
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("no Chromium binary in CI: .ci/run must install it (scripts/install_chromium)")
+    cannot = [why for why, applies in (("not root", os.geteuid() != 0), ("no apt-get", not shutil.which("apt-get")))
+              if applies]
+    if not cannot:
+        pytest.fail("no Chromium binary, though this machine can install it: run scripts/install_chromium "
+                    "(`make test` does)")
+    pytest.skip(f"no Chromium on PATH (chromium / chromium-browser / $AEP_ASSETS_CHROMIUM), and scripts/"
+                f"install_chromium cannot install it here ({', '.join(cannot)}): install Chromium yourself "
+                "(Debian/Ubuntu: `sudo apt-get install -y chromium`) or set AEP_ASSETS_CHROMIUM to its binary")
 
 
 @pytest.fixture(scope="module")
@@ -237,18 +194,8 @@ def dagster_ui(chromium):
                 print(f"run_all: {time.monotonic() - started:.1f} s")
                 # After run_all, so the new-batch sensor finds every profile batch already a partition.
                 start([str(BIN / "dagster-daemon"), "run", "-m", "aep_assets.definitions"], logs["daemon"])
-                url = f"http://127.0.0.1:{port}"
-                deadline = time.monotonic() + 60
-                while True:
-                    assert webserver.poll() is None, f"dagster-webserver exited:\n{tail(logs['webserver'])}"
-                    try:
-                        if requests.get(f"{url}/server_info", timeout=2).ok:
-                            break
-                    except requests.ConnectionError:
-                        pass
-                    assert time.monotonic() < deadline, f"no /server_info in 60 s:\n{tail(logs['webserver'])}"
-                    time.sleep(0.5)
-                ui = UI(url, instance, logs)
+                ui = UI(f"http://127.0.0.1:{port}", instance, logs)
+                wait_for_server(ui.url, webserver, logs["webserver"])
                 # What the "Skip" button of the first-visit community dialog does, so it can't cover the page.
                 assert ui.graphql("mutation { setNuxSeen }")["setNuxSeen"] is True
                 yield ui
@@ -261,54 +208,70 @@ def dagster_ui(chromium):
             print(f"teardown: {time.monotonic() - stopping:.1f} s")
 
 
+@pytest.fixture(scope="module")
+def browser(chromium) -> Iterator[Browser]:
+    """Headless system Chromium under Playwright (executable_path: Playwright's own browsers are never used)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture
-def browser(chromium, tmp_path):
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
-    browser = Browser(chromium, profile)
-    yield browser
-    browser.close()
+def page(browser) -> Iterator[Page]:
+    """A fresh browser context (its own storage) per test."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    yield page
+    context.close()
 
 
-# An asset node of the graph (not a group box): a foreignObject with the asset icon; its full name is in
-# the title's data-tooltip (drawn truncated below Dagster's minimal zoom, hence the wide viewport).
-ASSET_NODES_JS = """Array.from(document.querySelectorAll('svg foreignObject'))
-    .filter(n => n.querySelector('[aria-label="asset"]') && n.querySelector('[data-tooltip]'))"""
-GRAPH_NAMES_JS = f"{ASSET_NODES_JS}.map(n => n.querySelector('[data-tooltip]').getAttribute('data-tooltip'))"
+def open_page(page: Page, url: str, viewport: dict) -> None:
+    page.set_viewport_size(viewport)
+    page.goto(url)  # returns once the page's load event has fired
 
 
-def test_the_asset_graph_shows_all_13_assets(dagster_ui, browser, tmp_path_factory):
-    ui = dagster_ui
-    graph = f"{ui.url}/asset-groups"
-    browser.open(graph, GRAPH_VIEWPORT)
-    browser.wait_for("document.querySelectorAll('svg foreignObject').length > 0", "the asset graph", timeout=60)
-    # Seven groups start collapsed; expand them the way a user does (graph settings, shortcut Alt+E),
-    # then reload so the viewport fits the expanded layout (the choice is kept in the browser).
-    browser.press("e", "KeyE", 69, alt=True)
-    browser.wait_for(f"{GRAPH_NAMES_JS}.length > 0", "expanded groups")
-    browser.open(graph, GRAPH_VIEWPORT)
-    names = browser.wait_for(f"(() => {{ const n = {GRAPH_NAMES_JS}; return n.length >= {len(ASSET_KEYS)} && n; }})()",
-                             "13 asset nodes with their full names", timeout=60)
-    assert sorted(names) == sorted(ASSET_KEYS)
-    # Each node fetches its latest event on its own: wait until none is still loading, then shoot.
-    browser.wait_for("""(() => { const nodes = Array.from(document.querySelectorAll('svg foreignObject'));
-        return !nodes.some(n => n.textContent.includes('Loading')); })()""", "every node's status", timeout=30)
-    statuses = browser.evaluate(f"""Object.fromEntries({ASSET_NODES_JS}
-        .map(n => [n.querySelector('[data-tooltip]').getAttribute('data-tooltip'), n.textContent]))""")
+def asset_nodes(page: Page) -> Locator:
+    """The graph's asset nodes (not group boxes): a foreignObject with the asset icon; its full name is in
+    the title's data-tooltip (drawn truncated below Dagster's minimal zoom, hence the wide viewport)."""
+    return (page.locator("svg foreignObject")
+            .filter(has=page.locator('[aria-label="asset"]')).filter(has=page.locator("[data-tooltip]")))
+
+
+def graph_clip(page: Page, pad: int = 24) -> dict:
+    """The part of the viewport that the graph's nodes cover, with a margin."""
+    boxes = [b for b in (n.bounding_box() for n in page.locator("svg foreignObject").all()) if b and b["width"] > 0]
+    x = max(0, min(b["x"] for b in boxes) - pad)
+    y = max(0, min(b["y"] for b in boxes) - pad)
+    right = min(page.viewport_size["width"], max(b["x"] + b["width"] for b in boxes) + pad)
+    bottom = min(page.viewport_size["height"], max(b["y"] + b["height"] for b in boxes) + pad)
+    return {"x": x, "y": y, "width": right - x, "height": bottom - y}
+
+
+def test_the_asset_graph_shows_all_13_assets(dagster_ui, page, tmp_path_factory):
+    graph = f"{dagster_ui.url}/asset-groups"
+    nodes = asset_nodes(page)
+    with page_text_on_timeout(page):
+        open_page(page, graph, GRAPH_VIEWPORT)
+        page.locator("svg foreignObject").first.wait_for(state="attached", timeout=60_000)
+        # Seven groups start collapsed; expand them the way a user does (graph settings, shortcut Alt+E),
+        # then reload so the viewport fits the expanded layout (the choice is kept in the browser).
+        page.keyboard.press("Alt+KeyE")
+        nodes.first.wait_for(state="attached")
+        open_page(page, graph, GRAPH_VIEWPORT)
+        nodes.nth(len(ASSET_KEYS) - 1).wait_for(state="attached", timeout=60_000)
+        names = nodes.evaluate_all("ns => ns.map(n => n.querySelector('[data-tooltip]').getAttribute('data-tooltip'))")
+        assert sorted(names) == sorted(ASSET_KEYS)
+        # Each node fetches its latest event on its own: wait until none is still loading, then shoot.
+        page.locator("svg foreignObject", has_text=re.compile("Loading")).first.wait_for(state="detached")
+    statuses = dict(nodes.evaluate_all(
+        "ns => ns.map(n => [n.querySelector('[data-tooltip]').getAttribute('data-tooltip'), n.textContent])"))
     not_shown = {name: text for name, text in statuses.items()
                  if "Never materialized" in text or "Failed" in text or not re.search("Materialized|partition", text)}
     assert not not_shown, f"nodes not shown as materialized: {not_shown}"
 
-    box = browser.evaluate("""(() => {
-        const rects = Array.from(document.querySelectorAll('svg foreignObject'))
-            .map(e => e.getBoundingClientRect()).filter(r => r.width > 0);
-        const pad = 24;
-        const x = Math.max(0, Math.min(...rects.map(r => r.left)) - pad);
-        const y = Math.max(0, Math.min(...rects.map(r => r.top)) - pad);
-        return {x, y, width: Math.min(innerWidth, Math.max(...rects.map(r => r.right)) + pad) - x,
-                height: Math.min(innerHeight, Math.max(...rects.map(r => r.bottom)) + pad) - y};
-    })()""")
-    png = browser.screenshot(box)
+    png = page.screenshot(clip=graph_clip(page))
     from PIL import Image
 
     image = Image.open(io.BytesIO(png))
@@ -320,57 +283,52 @@ def test_the_asset_graph_shows_all_13_assets(dagster_ui, browser, tmp_path_facto
     print(f"asset graph screenshot: {target} ({image.width}x{image.height})")
 
 
-PLOT_IN_PAGE_JS = """(() => {
-    const img = Array.from(document.images).find(i => i.src.startsWith('data:image/png') && i.naturalWidth > 100);
-    return img ? {alt: img.alt, width: img.naturalWidth, height: img.naturalHeight} : null; })()"""
+IMAGE_SIZE_JS = "i => ({alt: i.alt, width: i.naturalWidth, height: i.naturalHeight})"
+# The dialog has loaded its markdown: some text, or an image.
+DIALOG_FILLED_JS = """() => { const d = document.querySelector('[role=dialog]');
+    return d !== null && (d.textContent.length > 0 || d.querySelector('img') !== null); }"""
 
 
-def plots_on_asset_page(browser: Browser, url: str, wanted: int) -> list[dict]:
+def plot_in_dialog(page: Page, link: Locator, key: str) -> dict | None:
+    """Open one "[Show Markdown]" dialog, read its PNG plot (None when it shows none), close it."""
+    link.click()
+    page.wait_for_function(DIALOG_FILLED_JS)
+    dialog = page.locator("[role=dialog]")
+    png = dialog.locator('img[src^="data:image/png"]').first
+    plot = None
+    if png.count():
+        image = png.element_handle()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image)  # decoded
+        plot = {**image.evaluate(IMAGE_SIZE_JS), "key": key}
+    dialog.locator("button").filter(has_text=re.compile(r"^\s*Close\s*$")).first.click()
+    dialog.first.wait_for(state="detached")
+    return plot
+
+
+def plots_on_asset_page(page: Page, url: str, wanted: int) -> list[dict]:
     """Open an asset page and collect up to `wanted` PNG plots from its latest materialization's metadata.
 
     Dagster shows markdown metadata of 1,000 characters or more behind a "[Show Markdown]" link that
     opens a dialog (an inline PNG is always longer), so click those links as a user would."""
-    browser.open(url, PAGE_VIEWPORT)
-    count = browser.wait_for("""(() => { const n = Array.from(document.querySelectorAll('tr'))
-        .filter(r => r.cells.length > 1).length; return n > 0 && n; })()""", "the metadata table")
-    assert count > 0
-    found = []
-    inline = browser.evaluate(PLOT_IN_PAGE_JS)
-    if inline:
-        found.append({**inline, "key": "(inline)"})
-    links = browser.evaluate("""Array.from(document.querySelectorAll('tr a'))
-        .filter(a => a.textContent.trim() === '[Show Markdown]').length""")
-    for index in range(links):
-        if len(found) >= wanted:
-            break
-        key, point = browser.evaluate(f"""(() => {{
-            const a = Array.from(document.querySelectorAll('tr a'))
-                .filter(a => a.textContent.trim() === '[Show Markdown]')[{index}];
-            a.scrollIntoView({{block: 'center'}});
-            const r = a.getBoundingClientRect();
-            return [a.closest('tr').cells[0].textContent.trim(), [r.x + r.width / 2, r.y + r.height / 2]]; }})()""")
-        browser.click(point)
-        browser.wait_for("document.querySelector('[role=dialog]') !== null", f"the dialog of {key}")
-        plot = browser.wait_for("""(() => { const d = document.querySelector('[role=dialog]');
-            if (!d || !d.textContent.length && !d.querySelector('img')) return null;
-            const img = Array.from(d.querySelectorAll('img')).find(i => i.src.startsWith('data:image/png'));
-            if (!img) return {none: true};
-            return img.complete && img.naturalWidth > 0 ? {alt: img.alt, width: img.naturalWidth,
-                                                           height: img.naturalHeight} : null; })()""",
-                                f"the content of {key}'s dialog")
-        if not plot.get("none"):
-            found.append({**plot, "key": key})
-        browser.click(browser.evaluate("""(() => {
-            const b = Array.from(document.querySelectorAll('[role=dialog] button'))
-                .find(b => b.textContent.trim() === 'Close');
-            const r = b.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"""))
-        browser.wait_for("document.querySelector('[role=dialog]') === null", f"{key}'s dialog to close")
+    with page_text_on_timeout(page):
+        open_page(page, url, PAGE_VIEWPORT)
+        page.locator("tr > :nth-child(2)").first.wait_for(state="attached")  # a metadata row: name and value
+        inline = page.locator('img[src^="data:image/png"]').evaluate_all(
+            f"imgs => imgs.filter(i => i.naturalWidth > 100).map({IMAGE_SIZE_JS})")
+        found = [{**inline[0], "key": "(inline)"}] if inline else []
+        links = page.locator("tr a").filter(has_text=re.compile(r"^\s*\[Show Markdown\]\s*$"))
+        for link in links.all():
+            if len(found) >= wanted:
+                break
+            key = link.evaluate("a => a.closest('tr').cells[0].textContent.trim()")
+            plot = plot_in_dialog(page, link, key)
+            if plot is not None:
+                found.append(plot)
     return found
 
 
-def test_an_asset_page_shows_its_plots(dagster_ui, browser):
-    ui = dagster_ui
-    plots = plots_on_asset_page(browser, f"{ui.url}/assets/propensity_model", wanted=2)
+def test_an_asset_page_shows_its_plots(dagster_ui, page):
+    plots = plots_on_asset_page(page, f"{dagster_ui.url}/assets/propensity_model", wanted=2)
     assert len(plots) == 2, f"propensity_model's page shows no PNG plots: {plots}"
     assert all(p["width"] > 100 and p["height"] > 100 for p in plots), plots
 
@@ -392,7 +350,7 @@ LATEST_MATERIALIZATION = """query ($key: AssetKeyInput!) { assetOrError(assetKey
   ... on Asset { assetMaterializations(limit: 1) { runId } } } }"""
 
 
-def test_a_materialization_launched_like_the_ui_succeeds_and_shows_its_plots(dagster_ui, browser):
+def test_a_materialization_launched_like_the_ui_succeeds_and_shows_its_plots(dagster_ui, page):
     """The Materialize button's request (LaunchAssetExecutionButton: the implicit asset job, the
     asset selected, empty run config) through the queue and the daemon to a successful run."""
     ui = dagster_ui
@@ -426,5 +384,5 @@ def test_a_materialization_launched_like_the_ui_succeeds_and_shows_its_plots(dag
         pytest.fail(f"run {run_id} ended {status}: {errors}\n{ui.diagnostics()}")
     latest = ui.graphql(LATEST_MATERIALIZATION, key=key)["assetOrError"]["assetMaterializations"]
     assert latest and latest[0]["runId"] == run_id
-    plots = plots_on_asset_page(browser, f"{ui.url}/assets/eda_summary", wanted=1)
+    plots = plots_on_asset_page(page, f"{ui.url}/assets/eda_summary", wanted=1)
     assert plots, "eda_summary's page shows no PNG plot after the run"
