@@ -15,7 +15,7 @@ from aep_assets.lib.holdout import HOLDOUT_FRACTION, is_held_out
 from aep_assets.lib.synthetic import EVENT_TYPES, TARGET_EVENT, SyntheticConfig, generate, generate_batch
 
 END = datetime(2025, 6, 1, tzinfo=timezone.utc)
-# the module docstring's measured share of users with a web.formFilledOut over the 10 weeks
+# docs/performance.md's measured share of users with a web.formFilledOut over the 10 weeks
 DOCUMENTED_CONVERSION = 0.147
 
 
@@ -118,7 +118,8 @@ for batch in range(config.batches):
 
 def test_the_same_config_writes_the_same_bytes_in_any_process(tmp_path):
     """Byte for byte across processes and hash seeds: the files' hashes are the platform's idempotency
-    keys, so a difference would land every batch again on a re-run (Faker's it_IT cities once did)."""
+    keys, so a difference would land every batch again on a re-run (Faker builds it_IT's cities from a set,
+    whose order follows the hash seed)."""
     import os
     import subprocess
     import sys
@@ -271,7 +272,7 @@ def test_oracle_ranks_and_is_calibrated(with_oracle):
     open_ = data.truth.filter(~pl.col("converted_before_cutoff"))
     y = open_["converted_in_horizon"].to_numpy().astype(float)
     p = open_["oracle_probability"].to_numpy()
-    # converged about 0.80 here; the 32-draw oracle this replaced scored about 0.77 (its noise)
+    # converged about 0.80 here; plain 32-draw Monte Carlo from the prior scores about 0.77 (its noise)
     assert _auc(y, p) > 0.78
     # calibration: realised rate vs mean probability, within the labels' sampling error (the
     # Monte Carlo error of the mean over this many users is far smaller)
@@ -287,7 +288,7 @@ def test_oracle_ranks_and_is_calibrated(with_oracle):
 
 def test_oracle_auc_is_stable_across_draws():
     """Two independent sets of oracle draws on the same users rank them alike (the Monte Carlo
-    noise no longer sets the ceiling) and agree user by user."""
+    noise does not set the ceiling) and agree user by user."""
     config = SyntheticConfig(profiles=20_000, batches=1, seed=23, end=END)
     clock = synthetic._Clock(config)
     sim = synthetic._simulate(config.profiles, config.weeks, clock,
@@ -296,10 +297,10 @@ def test_oracle_auc_is_stable_across_draws():
     _, _, second = synthetic._ground_truth(clock, sim, config.oracle_draws, np.random.default_rng(2))
     y = label[~before].astype(float)
     p1, p2 = first[~before], second[~before]
-    # between two draws' AUCs at this size (sd over seeds): the 32-draw oracle this replaced 0.0035
-    # (and 2.4 points below its converged AUC on 50k users), this one 0.0013 (0.0006 below)
+    # between two draws' AUCs at this size (sd over seeds): plain 32-draw Monte Carlo 0.0035 (and 2.4
+    # points below the converged AUC on 50k users), this oracle 0.0013 (0.0006 below)
     assert abs(_auc(y, p1) - _auc(y, p2)) < 0.005
-    # user by user: relative rms difference about 0.09 (the 32-draw oracle: about 0.9)
+    # user by user: relative rms difference about 0.09 (plain 32-draw Monte Carlo: about 0.9)
     mean = (p1 + p2) / 2
     some = mean > 0.01
     assert np.sqrt(np.mean(((p1 - p2)[some] / mean[some]) ** 2)) < 0.15

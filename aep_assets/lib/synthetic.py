@@ -61,67 +61,23 @@ conversion probability is exact given its events, 1 - prod(1 - p) over its Berno
 window; draws whose form would land after min(cutoff + horizon, end) do not count, draws in the last
 60 s before the cutoff (form still to come) do. `oracle_draws=0` leaves it null.
 
-Where the noise was, and what removes it. With plain draws from the prior (the previous version),
-82% of draws had no event that can convert in the window and 5% (a click in the window: a future
-send, opens, a click, page views after it) carried half the mean, so the estimate was mostly
-indicator noise: 67% relative error per user at 32 draws, an oracle AUC 0.024 below its converged
-value. Now (1) a draw splits into branches at the binary events that decide whether anything can
-convert, keeping both outcomes, each weighted by its exact probability (a conditional expectation
-instead of a sample): the anchor has children to come or not, and then future inside the window or
-active past (every parent type but impressions; sends and opens only where a click can still come);
-opens inside the window after a future send, or none (same users); clicks after a future anchor
-open, or none; page views inside the window (base, or after a click), or none; children inside the
-window of a future anchor page view, or none (after a click); branches only where both outcomes have
-at least 5% chance, counts inside a branch zero-truncated. (2) Every other choice of a draw
-(categories, counts, anchor times) uses a uniform stratified over the user's draws: a Latin
-hypercube, a random permutation of the draws per call and a random shift per user, so strata are
-independent across calls and users. (3) The branch
-weights add up to the draw's weight and the remaining weights vary little, so the plain ratio of
-weighted sums is used: its bias is not measurable at 12 draws (-0.01% +- 0.02% of the mean over 44k
-users; a delete-one jackknife over-corrects stratified draws). A draw is about 3.8 units (branches).
+The variance of the oracle: plain draws from the prior are mostly indicator noise (most have no
+event that can convert in the window, a few, with a click in the window, carry much of the mean).
+So (1) a draw splits into branches at the binary events that decide whether anything can convert,
+keeping both outcomes, each weighted by its exact probability (a conditional expectation instead of
+a sample): the anchor has children to come or not, and then future inside the window or active past
+(every parent type but impressions; sends and opens only where a click can still come); opens
+inside the window after a future send, or none (same users); clicks after a future anchor open, or
+none; page views inside the window (base, or after a click), or none; children inside the window of
+a future anchor page view, or none (after a click); branches only where both outcomes have at least
+5% chance, counts inside a branch zero-truncated. (2) Every other choice of a draw (categories,
+counts, anchor times) uses a uniform stratified over the user's draws: a Latin hypercube, a random
+permutation of the draws per call and a random shift per user, so strata are independent across
+calls and users. (3) The branch weights add up to the draw's weight and the remaining weights vary
+little, so the plain ratio of weighted sums is used (a delete-one jackknife over-corrects stratified
+draws).
 
-Measured (seed 42, end 2025-06-01, 10 weeks, 14-day cutoff and horizon; this 2-core machine while
-other jobs ran on it, load 1 to 4, so timings vary by +-20% between runs). Process: 10.62 events per
-user at 100k (10.60 at 1M; the reference: 1.06M per 100k), 14.7% of users convert over the ten weeks
-(14.78% at 1M), 11.0% before the cutoff, 4.1% of the others inside the horizon. Oracle (12 draws)
-on 300k profiles (266k open users): mean 0.04118 against a realised horizon rate of 0.04137 (+0.5
-standard errors of the labels); within groups (propensity at the cutoff <= 0.031 or above, past
-click or not, activity in the last hour or day or none) the group means are those of the previous
-oracle at 128 draws within 0.1% (the groups' labels deviate from both by up to 2.2 standard
-errors). Against the previous version user by user (2.2k open users of 2.5k profiles, seed 5, end
-2026-11-26; 16 x 1024 draws of it, 8 x 128 of this): z-scores of the differences with sd 1.04, none
-beyond 4. (These and the table below: oracle over all open users, as `oracle_fraction=1.0` gives.)
-Precision, on 50k profiles (seed 42, end 2026-11-26, 44,421 open users, label
-`converted_in_horizon`): the converged oracle AUC is 0.8014 (mean of five independent runs of 192 to
-512 draws, each 0.8011 to 0.8015); AUC (mean over independent oracle draws) and oracle CPU seconds
-for the 50k users, min of runs:
-
-    previous oracle            this oracle
-    draws  AUC     s           draws  AUC     s      relative error per user
-    32     0.7772  0.71        4      0.7984  0.76   19%
-    64     0.7889  1.38        8      0.8005  1.23   11%
-    128    0.7956  2.64        12     0.8008  1.69    8%   (default; six runs 0.7999 to 0.8018)
-    256    0.7982  5.59        16     0.8010  2.21    7%
-    512    0.7980  10.85       32     0.8010  4.29    5%
-                               64     0.8015  8.77    3%
-
-(The previous oracle at 32 draws: 67% relative error per user.) Two independent draws of the oracle
-on the same 20k profiles: AUCs apart by 0.0013 (sd over 8 seeds; the previous oracle: 0.0035, and
-0.02 lower). Simulating the held-out users alone (the default scope) leaves it as it was: on 50k
-profiles in one batch (seed 42, end 2026-11-26; 44,345 open users, 11,110 of them held out, 430
-positives) the AUC on the held-out ones is 0.7962 (sd 0.0015 over 24 independent oracle streams)
-simulating them alone, 0.7958 (sd 0.0015) simulating all open users; 1.0 gives the values of
-simulating everyone, bit for bit.
-
-Speed, whole process (`generate_batch` over the 10 batches, Faker pools included, 0.7 s; CPU seconds
-on this machine with load 1 to 2, two runs each, +-20% between sessions): 100k profiles 1.5 to 2.1 s
-without the oracle, 2.7 to 2.8 s with it at `oracle_fraction` 0.25 (22k users), 5.3 to 5.6 s at 1.0
-(89k users), peak RSS 255 MB; 1M profiles 8.6 to 9.2 s without the oracle, 15 to 20 s at 0.25 (222k
-users), 40 to 54 s at 1.0 (888k users), peak RSS 770 to 850 MB (two 100k-user batches alive at
-once). The oracle costs about 4 s per 100k users it covers at 12 draws (the previous 32-draw one 1.1
-to 1.4 s), about linear in `oracle_draws`: numpy passes over about 45 units (user x draw x branch)
-per user. Both miss their targets (2M events/s; a few seconds of oracle at 1M): string columns and
-sorts dominate the first, per-unit work the second.
+Measured event rates, the oracle's accuracy and the generator's cost: docs/performance.md.
 """
 
 from __future__ import annotations
