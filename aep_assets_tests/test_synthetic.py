@@ -10,9 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aep_assets.lib import synthetic
 from aep_assets.lib.holdout import HOLDOUT_FRACTION, is_held_out
 from aep_assets.lib.synthetic import EVENT_TYPES, TARGET_EVENT, SyntheticConfig, generate, generate_batch
+from aep_assets.lib.synthetic.chunk import oracle_chunk
+from aep_assets.lib.synthetic.generator import streams
+from aep_assets.lib.synthetic.oracle import ground_truth
+from aep_assets.lib.synthetic.process import Clock, clamp_scan, simulate, walk
 
 END = datetime(2025, 6, 1, tzinfo=timezone.utc)
 # docs/performance.md's measured share of users with a web.formFilledOut over the 10 weeks
@@ -251,13 +254,12 @@ def test_oracle_work_is_only_for_the_users_in_scope(small, monkeypatch):
     """The oracle simulates the held-out open users alone (not all users, then masked): its cost is
     what a smaller fraction saves."""
     simulated = []
-    chunk = synthetic._oracle_chunk
 
     def counting(clock, weeks, draws, past, anchors, ranks, rng):
         simulated.append(ranks.size)
-        return chunk(clock, weeks, draws, past, anchors, ranks, rng)
+        return oracle_chunk(clock, weeks, draws, past, anchors, ranks, rng)
 
-    monkeypatch.setattr(synthetic, "_oracle_chunk", counting)
+    monkeypatch.setattr("aep_assets.lib.synthetic.oracle.oracle_chunk", counting)
     for fraction in (0.0, 0.1, 0.25):
         simulated.clear()
         config = SyntheticConfig(profiles=small.profiles, batches=small.batches, seed=small.seed, end=END,
@@ -290,11 +292,10 @@ def test_oracle_auc_is_stable_across_draws():
     """Two independent sets of oracle draws on the same users rank them alike (the Monte Carlo
     noise does not set the ceiling) and agree user by user."""
     config = SyntheticConfig(profiles=20_000, batches=1, seed=23, end=END)
-    clock = synthetic._Clock(config)
-    sim = synthetic._simulate(config.profiles, config.weeks, clock,
-                              np.random.default_rng(synthetic._streams(config, 0)[1]))
-    before, label, first = synthetic._ground_truth(clock, sim, config.oracle_draws, np.random.default_rng(1))
-    _, _, second = synthetic._ground_truth(clock, sim, config.oracle_draws, np.random.default_rng(2))
+    clock = Clock(config)
+    sim = simulate(config.profiles, config.weeks, clock, np.random.default_rng(streams(config, 0)[1]))
+    before, label, first = ground_truth(clock, sim, config.oracle_draws, np.random.default_rng(1))
+    _, _, second = ground_truth(clock, sim, config.oracle_draws, np.random.default_rng(2))
     y = label[~before].astype(float)
     p1, p2 = first[~before], second[~before]
     # between two draws' AUCs at this size (sd over seeds): plain 32-draw Monte Carlo 0.0035 (and 2.4
@@ -317,8 +318,8 @@ def test_walk_clips_at_both_ends_like_the_sequential_loop():
     for i in range(delta.size):
         x = start[i] if first[i] else expected[i - 1]
         expected[i] = min(1000, max(0, x + delta[i]))
-    assert np.array_equal(synthetic._walk(first, start, delta), expected)
-    assert np.array_equal(synthetic._clamp_scan(first, start, delta, 0, 1000), expected)
+    assert np.array_equal(walk(first, start, delta), expected)
+    assert np.array_equal(clamp_scan(first, start, delta, 0, 1000), expected)
 
 
 def _level_at_cutoff(data, config) -> pl.Series:
