@@ -124,9 +124,9 @@ def generation(profiles: int) -> None:
     total = time.perf_counter() - started
     parts = {}
     for (filename, _, function), (_, _, _, cumulative, _) in pstats.Stats(profiler).stats.items():
-        if filename.endswith(("synthetic.py", "holdout.py")) and function in (
-                "_profiles", "_simulate", "is_held_out", "_ground_truth", "_oracle", "_event_frame",
-                "_argsort_pairs", "_uuid_like", "_fnv1a64", "_walk"):
+        if (Path(filename).parent.name == "synthetic" or filename.endswith("holdout.py")) and function in (
+                "profile_frame", "simulate", "is_held_out", "ground_truth", "oracle_probabilities", "event_frame",
+                "argsort_pairs", "uuid_like", "fnv1a64", "walk"):
             parts[function] = round(cumulative, 3)
     note("generation.batch0_seconds", round(total, 3))
     note("generation.batch0_events", data.events.height)
