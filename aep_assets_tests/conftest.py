@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import tempfile
 from pathlib import Path
 
+import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -25,8 +25,9 @@ pytest_plugins = ["aep_assets.testing.pytest_plugin"]  # aep_contracts, aep_fake
 
 from aep_assets.resources.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from aep_assets.resources.local_platform import LocalPlatform  # noqa: E402
-from aep_assets.resources.storage import LocalStorage  # noqa: E402
+from aep_assets.resources.storage import LocalStorage, S3Storage  # noqa: E402
 from aep_assets.resources.tracking import MlflowTracking  # noqa: E402
+from aep_assets_tests.factories import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,13 +38,26 @@ def session_home() -> Path:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> str:
     """moto's S3 as a real HTTP server on 127.0.0.1 (boto3 and dagster-aws talk to it as to AWS)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint, monkeypatch):
+    """Makes a bucket on moto's S3 server and returns an S3Storage on it; moto's test credentials and
+    region are in the environment, so boto3 and dagster-aws find them as they would on AWS."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+
+    def make(bucket: str, prefix: str = "aep") -> S3Storage:
+        boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+        return S3Storage(bucket=bucket, prefix=prefix, endpoint_url=moto_endpoint, region_name="us-east-1")
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from aep_assets.definitions import build_definitions
 from aep_assets.lib.cursor import BatchCursor
 from aep_assets.lib.datasets import PROFILES
 from aep_assets.resources.platform import BatchIngestionError
-from aep_assets_tests.test_local_platform import profiles_file
+from aep_assets_tests.factories import profiles_file
 
 
 def evaluate(defs, instance, cursor=None, records: list | None = None):

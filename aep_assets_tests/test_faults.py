@@ -8,7 +8,7 @@ import sys
 import textwrap
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,22 +17,7 @@ import pytest
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS
 from aep_assets.resources.platform import BatchIngestionError
 from aep_assets.resources.storage import StorageError
-
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
-
-
-def events_file(path, rows, **overrides):
-    columns = {
-        "event_id": pa.array([f"e{i}" for i in range(rows)]),
-        "userid": pa.array([f"{i % 1000:038d}" for i in range(rows)]),
-        "event_type": pa.array(["directMarketing.emailSent"] * rows),
-        "timestamp": pa.array([NOW - timedelta(days=1)] * rows, pa.timestamp("us", "UTC")),
-        "produced_by": pa.array(["test"] * rows), "page_name": pa.nulls(rows, pa.string()),
-        "page_url": pa.nulls(rows, pa.string()), "campaign_id": pa.nulls(rows, pa.string()),
-    }
-    columns.update(overrides)
-    pq.write_table(pa.table(columns), path)
-    return path
+from aep_assets_tests.factories import NOW, events_file
 
 
 def run_until(script: str, ready, timeout=60):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,20 +14,7 @@ import pytest
 
 from aep_assets.lib.datasets import PROFILES
 from aep_assets.resources.platform import BatchIngestionError
-
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
-
-
-def profiles_file(path, ids, **overrides):
-    columns = {
-        "userid": pa.array([f"{i:038d}" for i in ids]), "email": pa.array([f"u{i}@example.com" for i in ids]),
-        "first_name": pa.array(["Ada"] * len(ids)), "last_name": pa.array(["Lovelace"] * len(ids)),
-        "country": pa.array(["UK"] * len(ids)), "city": pa.array(["London"] * len(ids)),
-        "created_at": pa.array([NOW - timedelta(days=1)] * len(ids), pa.timestamp("us", "UTC")),
-    }
-    columns.update(overrides)
-    pq.write_table(pa.table(columns), path)
-    return path
+from aep_assets_tests.factories import NOW, profiles_file
 
 
 def row_count(platform, table="cmle_profiles"):

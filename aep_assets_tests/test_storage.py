@@ -7,19 +7,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aep_assets.resources.storage import LocalStorage, S3Storage, StorageError
+from aep_assets.resources.storage import LocalStorage, StorageError
 
 
 @pytest.fixture(params=["local", "s3"])
-def any_storage(request, tmp_path, moto_endpoint, monkeypatch):
+def any_storage(request, tmp_path, s3_bucket):
     if request.param == "local":
         return LocalStorage(root=str(tmp_path / "bucket"))
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    storage = S3Storage(bucket=f"cmle-test-{tmp_path.name[-8:].lower().replace('_', '-')}", prefix="aep",
-                        endpoint_url=moto_endpoint, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
-    storage._client().create_bucket(Bucket=storage.bucket)
-    return storage
+    return s3_bucket(f"cmle-test-{tmp_path.name[-8:].lower().replace('_', '-')}")
 
 
 def table(rows: int) -> pa.Table:

@@ -74,9 +74,9 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
     champion_scores = champion.scores_on(model.x_test, model.features) if champion else None
     gate = evaluate_gate(model.y_test, scores, config.gate(), oracle=oracle, champion=champion_scores)
 
-    tags = {"dagster_run_id": context.run_id, "gate": "passed" if gate.passed else "failed"}
+    tags = {"dagster_run_id": context.run.run_id, "gate": "passed" if gate.passed else "failed"}
     run_id = mlflow_tracking.log_training(TrainingRun(
-        name=f"dagster-{context.run_id[:8]}", tags={**tags, "training_export": storage.uri(manifest.prefix)},
+        name=f"dagster-{context.run.run_id[:8]}", tags={**tags, "training_export": storage.uri(manifest.prefix)},
         params={"algorithm": config.algorithm, "seed": config.seed, "train_rows": model.train_rows,
                 "test_rows": len(model.y_test), "trials": len(model.trials),
                 **{f"best_{k}": v for k, v in model.params.items()}},
