@@ -133,19 +133,6 @@ def test_deciles_rank_within_the_run():
     assert deciles.min() == 1 and deciles.max() == 10 and list(np.bincount(deciles)[1:]) == [10] * 10
 
 
-def test_split_is_by_profile_and_stable():
-    import polars as pl
-
-    from aep_assets.lib.holdout import is_held_out
-
-    ids = pl.Series([f"{i:038d}" for i in range(20_000)])
-    test = is_held_out(ids, 0.25)
-    assert 0.23 < test.mean() < 0.27
-    shuffled = ids.sample(fraction=1.0, shuffle=True, seed=3)
-    again = dict(zip(shuffled.to_list(), is_held_out(shuffled, 0.25), strict=True))
-    assert all(again[i] == t for i, t in zip(ids.to_list(), test, strict=True))
-
-
 def test_training_does_not_depend_on_the_export_row_order():
     import polars as pl
 

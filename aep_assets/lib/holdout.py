@@ -3,15 +3,73 @@
 A profile stays on its side in every retraining, so a champion is never evaluated on rows it was
 trained on. The generator computes its ground truth (the oracle, the costliest part of generation)
 only for held-out profiles: that is the only place the oracle is ever compared with a model.
+
+The hash is defined here by its algorithm, not by a library: the same id lands on the same side with
+any numpy, polars or Python release, so an upgrade never moves profiles between training and test.
+It is FNV-1a 64 over HOLDOUT_KEY followed by the id's UTF-8 bytes, then SplitMix64's finaliser (FNV-1a
+alone leaves the low digits of similar ids correlated); a profile's bucket is that value modulo 1,000,000.
+It runs vectorised over byte positions with numpy's wrapping uint64 arithmetic, never a Python step per id,
+so it keeps up with a whole training table.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 HOLDOUT_FRACTION = 0.25
-_SEED = 20260101  # polars' hash is stable for the locked version
+# Hashed ahead of every id, so this split shares nothing with other uses of FNV-1a (the synthetic ids).
+HOLDOUT_KEY = b"aep_assets.holdout:"
+BUCKETS = 1_000_000
+
+FNV_OFFSET_BASIS = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+MASK64 = (1 << 64) - 1
+
+
+def fnv1a64_state(data: bytes, state: int = FNV_OFFSET_BASIS) -> int:
+    """FNV-1a 64 of `data`, continued from `state` (the offset basis for a fresh hash)."""
+    for byte in data:
+        state = ((state ^ byte) * FNV_PRIME) & MASK64
+    return state
+
+
+KEYED_STATE = fnv1a64_state(HOLDOUT_KEY)
+
+
+def splitmix64_finalise(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function: every input bit moves about half of the output bits."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def keyed_fnv1a64(ids: pl.Series) -> np.ndarray:
+    """FNV-1a 64 of HOLDOUT_KEY + each id's UTF-8 bytes (a null id hashes as the empty string).
+    One numpy step per byte position: all ids at once up to the shortest length, then only the longer ones."""
+    strings = ids.cast(pl.String).rechunk().to_arrow().cast(pa.large_string())
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64)[strings.offset: strings.offset + len(strings) + 1]
+    data = np.frombuffer(strings.buffers()[2], dtype=np.uint8) if len(strings) else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    h = np.full(len(strings), KEYED_STATE, dtype=np.uint64)
+    prime = np.uint64(FNV_PRIME)
+    shortest, longest = (int(lengths.min()), int(lengths.max())) if len(strings) else (0, 0)
+    for pos in range(shortest):
+        h = (h ^ data[starts + pos]) * prime
+    for pos in range(shortest, longest):
+        idx = np.flatnonzero(lengths > pos)
+        h[idx] = (h[idx] ^ data[starts[idx] + pos]) * prime
+    return h
+
+
+def holdout_hash(ids: pl.Series) -> np.ndarray:
+    """The split's 64-bit hash of each profile id (uint64): SplitMix64's finaliser of the keyed FNV-1a 64."""
+    return splitmix64_finalise(keyed_fnv1a64(ids))
 
 
 def is_held_out(ids: pl.Series, fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
@@ -19,4 +77,4 @@ def is_held_out(ids: pl.Series, fraction: float = HOLDOUT_FRACTION) -> np.ndarra
     The hash spreads labels evenly, so the split is stratified in expectation."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"held-out fraction must be in [0, 1], got {fraction}")
-    return (ids.hash(seed=_SEED).to_numpy() % 1_000_000) < fraction * 1_000_000
+    return holdout_hash(ids) % np.uint64(BUCKETS) < fraction * BUCKETS
