@@ -22,6 +22,8 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster._core.workspace.config_schema import ensure_workspace_config
 from dagster_k8s import K8sRunLauncher, k8s_job_executor
 
+from aep_assets.metadata import row_count
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 
@@ -165,7 +167,8 @@ def test_the_environment_files_configure_aep_mode(monkeypatch):
     assert resources["mlflow_tracking"].tracking_uri.startswith("http")
 
 
-def test_an_instance_from_the_production_file_runs_on_postgresql(embedded_server, moto_endpoint, tmp_path, monkeypatch):
+def test_an_instance_from_the_production_file_runs_on_postgresql(embedded_server, moto_endpoint, s3_bucket, tmp_path,
+                                                                 monkeypatch):
     """deploy/dagster.yaml as it is, but for what this machine lacks: the run launcher is Dagster's
     default (no cluster to launch Kubernetes Jobs in; it cannot resume runs, so run monitoring does not
     try to), the embedded server has no TLS (sslmode=disable), and compute logs go to moto's S3 server
@@ -174,12 +177,10 @@ def test_an_instance_from_the_production_file_runs_on_postgresql(embedded_server
     address = embedded_server.ensure_running(database)
     for name, value in {"DAGSTER_PG_HOST": address.host, "DAGSTER_PG_PORT": str(address.port),
                         "DAGSTER_PG_USER": address.user, "DAGSTER_PG_PASSWORD": "unused-by-trust-auth",
-                        "DAGSTER_PG_DB": database, "DAGSTER_COMPUTE_LOGS_BUCKET": "dagster-logs",
-                        "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+                        "DAGSTER_PG_DB": database, "DAGSTER_COMPUTE_LOGS_BUCKET": "dagster-logs"}.items():
         monkeypatch.setenv(name, value)
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    s3.create_bucket(Bucket="dagster-logs")
+    s3_bucket("dagster-logs")
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
 
     config = load_yaml("dagster.yaml")
     config["run_launcher"] = {"module": "dagster", "class": "DefaultRunLauncher"}
@@ -194,7 +195,7 @@ def test_an_instance_from_the_production_file_runs_on_postgresql(embedded_server
     @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["batch_a", "batch_b"]), pool="audiences")
     def probe(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         print(f"probe stdout for {context.partition_key}")  # goes to the compute-log manager
-        return dg.MaterializeResult(metadata={"dagster/row_count": 3})
+        return dg.MaterializeResult(metadata=row_count(3))
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
@@ -219,9 +220,10 @@ def test_an_instance_from_the_production_file_runs_on_postgresql(embedded_server
         assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags["dagster/partition"] == "batch_a"
         record = instance.get_latest_materialization_event(dg.AssetKey("probe"))
         assert record.run_id == run_id and record.asset_materialization.partition == "batch_a"
-        assert "audiences" in instance.event_log_storage.get_concurrency_keys()
     with psycopg.connect(address.conninfo.replace(f"dbname={address.dbname}", f"dbname={database}")) as conn:
         assert conn.execute("SELECT count(*) FROM runs WHERE run_id = %s", (run_id,)).fetchone()[0] == 1
+        pools = {row[0] for row in conn.execute("SELECT concurrency_key FROM concurrency_limits")}
+        assert "audiences" in pools
     logs = s3.list_objects_v2(Bucket="dagster-logs", Prefix="aep-assets/compute-logs/").get("Contents", [])
     assert any(obj["Key"].endswith(".out") for obj in logs), [obj["Key"] for obj in logs]
     body = b"".join(s3.get_object(Bucket="dagster-logs", Key=obj["Key"])["Body"].read()
