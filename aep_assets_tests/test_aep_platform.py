@@ -1,5 +1,5 @@
 """AEP mode at the HTTP level: aepp's own `requests` code runs against `responses` (a fake platform with
-Adobe's payload shapes, aep_payloads.FakeAEP); Query Service is the embedded PostgreSQL.
+Adobe's payload shapes, aep_assets.testing.fake_aep.FakeAEP); Query Service is the embedded PostgreSQL.
 
 The `aep_live` tests at the end run only with real credentials in the environment.
 """
