@@ -61,6 +61,7 @@ class Catalog:
         return dataset_of(dataset_id, body)
 
     def create_dataset(self, spec: DatasetSpec, schema_id: str) -> tuple[str, dict]:
+        """A new parquet dataset on the schema (Profile-tagged if the spec says so): (id, Catalog body)."""
         catalog = self.api.catalog
         body = {"name": spec.name, "description": spec.description,
                 "schemaRef": {"id": schema_id, "contentType": "application/vnd.adobe.xed-full+json;version=1"},
@@ -74,6 +75,7 @@ class Catalog:
         return dataset_id, catalog.getDataSet(dataset_id)[dataset_id]
 
     def find_dataset(self, name: str) -> Dataset | None:
+        """The dataset with this name in the Catalog, or None."""
         found = self.catalog_dataset(name)
         return dataset_of(*found) if found else None
 
@@ -109,6 +111,7 @@ class Catalog:
         return schema["$id"]
 
     def ensure_field_group(self, key: str, tenant: str) -> dict:
+        """The tenant field group `key` of `xdm.field_groups`, created once (looked up by title)."""
         registry, group = self.api.schema, xdm.field_groups(self.sandbox.config.name_prefix)[key]
         found = self.by_title("fieldgroups", group.title)
         if found is not None:
@@ -149,6 +152,7 @@ class Catalog:
                                        "xdm:property": "xdm:code", "xdm:isPrimary": True}))
 
     def identity_descriptor(self, schema_id: str, path: str) -> dict | None:
+        """The schema's identity descriptor on this field path, or None."""
         registry = self.api.schema
         listing = registry.connector.getData(
             f"{registry.endpoint}/tenant/descriptors", params={"property": f"xdm:sourceSchema=={schema_id}"},
@@ -267,6 +271,7 @@ class Catalog:
         return self.list_batches(dataset, {"status": status})
 
     def list_batches(self, dataset: Dataset, filters: dict, limit: int | None = None) -> list[Batch]:
+        """The dataset's batches matching the Catalog query `filters`, all pages (or `limit` of them)."""
         catalog = self.api.catalog
 
         def fetch(start: int, size: int) -> tuple[list[Batch], int | None]:
@@ -308,6 +313,7 @@ def batch_of(batch_id: str, body: dict) -> Batch:
 
 
 def profile_enabled(body: dict) -> bool:
+    """Whether the Catalog dataset is tagged for Real-Time Customer Profile."""
     return any(str(v).replace(" ", "") == "enabled:true" for v in (body.get("tags") or {}).get("unifiedProfile", []))
 
 

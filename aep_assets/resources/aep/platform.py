@@ -51,6 +51,7 @@ class AEPServices:
 
     @classmethod
     def connect(cls, config: AEPPlatform) -> AEPServices:
+        """The services for this configuration, each wired to the ones it uses."""
         sandbox = Sandbox(config)
         query = QueryService(sandbox)
         catalog = Catalog(sandbox, query)
@@ -119,9 +120,11 @@ class AEPPlatform(Platform):
 
     @property
     def redact(self) -> Redactor:
+        """Replaces every secret this resource knows (client secret, tokens, S3 key) in a text."""
         return self.api().redact
 
     def tenant(self) -> str:
+        """The tenant id (without '_') that namespaces the project's XDM fields."""
         return self.services().sandbox.tenant()
 
     def teardown_after_execution(self, context) -> None:

@@ -36,6 +36,7 @@ class Segmentation:
         return [s for s in paged(fetch) if AUDIENCE_MARKER in (s.get("description") or "")]
 
     def segment_named(self, name: str) -> dict | None:
+        """The managed segment definition with this name, or None."""
         return next((s for s in self.segments() if s.get("name") == name), None)
 
     def upsert_audience(self, name: str, description: str, lower: float, upper: float) -> Audience:
@@ -67,9 +68,11 @@ class Segmentation:
         return audience_of(segment)
 
     def audiences(self) -> list[Audience]:
+        """Every managed audience, by interval then name."""
         return sorted((audience_of(s) for s in self.segments()), key=lambda a: (a.lower, a.name))
 
     def delete_audience(self, audience: Audience) -> None:
+        """Delete the segment definition (and forget its evaluation job)."""
         self.api.segmentation.deleteSegment(audience.id)
         self.jobs.pop(audience.id, None)
 
