@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aep_assets.resources import aep_http
-from aep_assets.resources.aep_platform import AEPPlatform
+from aep_assets.resources.aep import http
+from aep_assets.resources.aep.platform import AEPPlatform
 from aep_assets.settings import SettingError
 
 
@@ -61,7 +61,7 @@ def run_checks(platform: AEPPlatform, contracts=None) -> list[tuple[Probe, str |
         try:
             probe.call(platform)
             results.append((probe, "; ".join(seen) or None))
-        except aep_http.AEPError as error:
+        except http.AEPError as error:
             results.append((probe, str(error)))
         except Exception as error:  # a connection problem, a TLS problem: reported, not raised
             results.append((probe, f"{type(error).__name__}: {platform.redact(error)}"))

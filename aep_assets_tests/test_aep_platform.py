@@ -1,5 +1,5 @@
 """AEP mode at the HTTP level: aepp's own `requests` code runs against `responses` (a fake platform with
-Adobe's payload shapes, aep_payloads.FakeAEP); Query Service is the embedded PostgreSQL.
+Adobe's payload shapes, aep_assets.testing.fake_aep.FakeAEP); Query Service is the embedded PostgreSQL.
 
 The `aep_live` tests at the end run only with real credentials in the environment.
 """
@@ -29,9 +29,11 @@ import yaml
 from aep_assets.lib import audiences, guardrails
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
 from aep_assets.lib.merge import current_records_sql
-from aep_assets.resources import aep_http, aep_xdm
-from aep_assets.resources.aep_http import AEPError, AEPMaybeApplied
-from aep_assets.resources.aep_platform import AEPConfigError, AEPPlatform
+from aep_assets.resources.aep import http, xdm
+from aep_assets.resources.aep.http import AEPError, AEPMaybeApplied
+from aep_assets.resources.aep.platform import AEPPlatform
+from aep_assets.resources.aep.sandbox import AEPConfigError
+from aep_assets.resources.aep.segmentation import audience_of
 from aep_assets.resources.platform import BatchIngestionError, export_parent
 from aep_assets.resources.storage import LocalStorage, S3Storage
 from aep_assets.testing import AEPPlatformOverPostgres, fake_credentials
@@ -53,7 +55,7 @@ T0 = datetime(2025, 1, 6, tzinfo=timezone.utc)
 def sleeps(monkeypatch) -> list[float]:
     """Every wait of AEP mode, recorded instead of slept."""
     recorded: list[float] = []
-    monkeypatch.setattr(aep_http, "pause", recorded.append)
+    monkeypatch.setattr(http, "pause", recorded.append)
     return recorded
 
 
@@ -291,7 +293,7 @@ def test_registry_pages_by_title_with_orderby(aep, fake):
     fake.inject("GET", "/tenant/fieldgroups$", 200, body={
         "results": [earlier], "_page": {"orderby": "title", "next": "https://platform.adobe.io/next", "count": 1},
         "_links": {"next": None}})
-    assert aep._by_title("fieldgroups", title)["title"] == title
+    assert aep.services().catalog.by_title("fieldgroups", title)["title"] == title
     pages = fake.calls("GET", "/tenant/fieldgroups$")[-2:]
     assert pages[0]["query"] == {"property": f"title=={title}", "orderby": "title"}
     assert pages[1]["query"] == {"property": f"title=={title}", "orderby": "title", "start": earlier["title"]}
@@ -325,7 +327,7 @@ def test_event_schema_uses_standard_web_and_direct_marketing_groups(aep, fake):
 
 
 def test_query_service_view_text_is_spark_sql_with_dotted_xdm_paths():
-    text = aep_xdm.flat_view_sql(EXPERIENCE_EVENTS.name, "cmle_experience_events", "acme", "spark")
+    text = xdm.flat_view_sql(EXPERIENCE_EVENTS.name, "cmle_experience_events", "acme", "spark")
     assert "_acme.userid AS userid" in text and "web.webPageDetails.URL AS page_url" in text
     assert "_ACP_BATCHID AS _acp_batchid" in text
     parsed = sqlglot.parse_one(text, read="spark")
@@ -542,7 +544,7 @@ def test_export_runs_the_dataflow_and_writes_a_manifest(fake, sleeps, moto_endpo
     schedule = flow["scheduleParams"]  # what the destinations API accepts; an explicit end (else six months)
     assert (schedule["interval"], schedule["timeUnit"]) == (1, "day") and schedule["endTime"] > schedule["startTime"]
     assert len(fake.calls("POST", "/adhocrun")) == 3 and sleeps.count(60) == 2  # 'not ready' twice, then ran
-    aep._export_flow(dataset, storage)
+    aep.services().export.export_flow(dataset, storage)
     assert len(fake.calls("POST", "/flowservice/flows")) == 1  # looked up by name the second time
 
 
@@ -698,7 +700,7 @@ def test_whole_graph_materializes_in_aep_mode(fake, sleeps, moto_endpoint, track
                       "part-00000-tid-7-c000.gz.parquet", Body=buffer.getvalue())
 
     def segment_count(segment):  # what the evaluation job counts: latest scores inside the PQL interval
-        audience = aep._audience(segment)
+        audience = audience_of(segment)
         latest = current_records_sql(PROPENSITY_SCORES, "cmle_propensity_scores_flat")
         profiles = current_records_sql(PROFILES, "cmle_profiles_flat")
         return aep.query(audiences.members_sql("postgres", latest, profiles, audience.lower, audience.upper)).num_rows

@@ -143,7 +143,7 @@ def test_the_workspace_file_passes_dagsters_workspace_schema():
 def test_the_environment_files_configure_aep_mode(monkeypatch):
     """With the ConfigMap's values and every secret named, the code location builds AEP, S3 and a
     remote MLflow, and every `{env: ...}` of the instance file is provided."""
-    from aep_assets.resources.aep_platform import ENV_REQUIRED, AEPPlatform
+    from aep_assets.resources.aep.platform import ENV_REQUIRED, AEPPlatform
     from aep_assets.resources.environment import build_resources
     from aep_assets.resources.storage import S3Storage
     from aep_assets.settings import platform_env

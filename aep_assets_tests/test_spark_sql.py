@@ -30,7 +30,7 @@ from aep_assets.lib import audiences, eda, features, merge, sql, synthetic
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES, DatasetSpec
 from aep_assets.lib.source_files import write_parquet
 from aep_assets.lib.sql import Identifier
-from aep_assets.resources import aep_xdm
+from aep_assets.resources.aep import xdm
 from aep_assets.resources.local_platform import LocalPlatform
 from aep_assets.settings import SQL_DIR
 
@@ -351,20 +351,20 @@ def test_every_sql_file_is_compared(monkeypatch):
 # --- AEP mode: the flat views over nested XDM datasets ------------------------------------------------
 @pytest.fixture(scope="module")
 def flat_views(pg, spark, landed, tmp_path_factory) -> dict[str, str]:
-    """Each dataset as Query Service holds it in AEP mode (nested XDM, `aep_xdm.nest`) in a Spark table,
+    """Each dataset as Query Service holds it in AEP mode (nested XDM, `xdm.nest`) in a Spark table,
     with the `_flat` view AEPPlatform creates over it: dataset name -> view name."""
     folder = tmp_path_factory.mktemp("xdm")
     views = {}
     for spec in DATASETS:
         flat = pg.query(f'SELECT * FROM "{spec.name}"')
-        nested = aep_xdm.nest(flat.select(spec.schema.names), spec, TENANT)
+        nested = xdm.nest(flat.select(spec.schema.names), spec, TENANT)
         nested = nested.append_column("_acp_batchid", flat.column("_acp_batchid"))
         table = f"xdm_{spec.name}"
         (folder / table).mkdir()
         pq.write_table(nested, folder / table / "part-0.parquet")
         spark.catalog.createTable(table, path=str(folder / table), source="parquet")
-        spark.sql(aep_xdm.flat_view_sql(spec.name, table, TENANT, "spark"))
-        views[spec.name] = aep_xdm.flat_view_name(table)
+        spark.sql(xdm.flat_view_sql(spec.name, table, TENANT, "spark"))
+        views[spec.name] = xdm.flat_view_name(table)
     return views
 
 

@@ -151,7 +151,7 @@ class EmbeddedPostgres:
     # --- public -------------------------------------------------------------------------------
     def ensure_running(self, database: str = DATABASE) -> ServerAddress:
         """Start the server unless it already answers; return where `database` (created if new) is."""
-        address = self._answering_address()
+        address = self.answering_address()
         if address is None:
             address = self._start()
         address = ServerAddress(address.host, address.port, dbname=database)
@@ -160,7 +160,7 @@ class EmbeddedPostgres:
 
     def _start(self) -> ServerAddress:
         with self._lock():
-            address = self._answering_address()
+            address = self.answering_address()
             if address:
                 return address
             bin_dir = find_bin_dir()
@@ -183,8 +183,8 @@ class EmbeddedPostgres:
             result = self._run(bin_dir, "pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", check=False)
             return result.returncode == 0
 
-    # --- internals ----------------------------------------------------------------------------
-    def _answering_address(self) -> ServerAddress | None:
+    def answering_address(self) -> ServerAddress | None:
+        """Where the server listens when it runs and accepts connections, else None."""
         if not self.port_file.exists() or not (self.data_dir / "postmaster.pid").exists():
             return None
         try:
@@ -199,6 +199,7 @@ class EmbeddedPostgres:
         except psycopg.OperationalError:
             return None
 
+    # --- internals ----------------------------------------------------------------------------
     @contextmanager
     def _lock(self):
         self.root.mkdir(parents=True, exist_ok=True)
@@ -323,7 +324,7 @@ def main(argv: list[str]) -> int:
     elif command == "stop":
         print("stopped" if server.stop() else "not running")
     elif command == "status":
-        address = server._answering_address()
+        address = server.answering_address()
         print(address.uri if address else "not running")
     else:
         print(f"unknown command {command!r}: start | stop | status")

@@ -37,7 +37,7 @@ def build_resources(env: str) -> dict:
     tracking = MlflowTracking(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
                               artifact_location=os.environ.get("MLFLOW_ARTIFACT_LOCATION", ""))
     if env == "aep":
-        from aep_assets.resources.aep_platform import AEPPlatform
+        from aep_assets.resources.aep.platform import AEPPlatform
 
         return {"platform": AEPPlatform.from_env(), "storage": storage_from_env(), "mlflow_tracking": tracking}
     return {"platform": LocalPlatform(), "storage": storage_from_env(), "mlflow_tracking": tracking}

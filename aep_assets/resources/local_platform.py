@@ -1,6 +1,6 @@
 """`LocalPlatform`: Experience Platform on an embedded PostgreSQL server.
 
-Catalog tables mirror AEP's Catalog service (datasets, batches) and Segmentation (audiences);
+Catalog tables (`local_catalog`) mirror AEP's Catalog service (datasets, batches) and Segmentation (audiences);
 each dataset is a table with a `_acp_batchid` column (a dataset with a merge policy also has its
 merged table, one row per profile, kept current by ingestion, as the Profile store is); Query
 Service is the same server over the PostgreSQL protocol. Bulk data moves as Arrow through ADBC's
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -22,74 +21,31 @@ import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
 
 from aep_assets.lib import audiences, merge, names, sql
 from aep_assets.lib.datasets import PROPENSITY_SCORES, BatchValidationError, DatasetSpec, conform
 from aep_assets.resources.embedded_postgres import EmbeddedPostgres, ServerAddress
+from aep_assets.resources.local_catalog import (
+    BATCH_COLUMNS,
+    CATALOG_DDL,
+    NOW_MS,
+    PG_TYPES,
+    batch_row,
+    dataset_row,
+    new_id,
+)
 from aep_assets.resources.platform import (
     Audience,
     Batch,
     BatchIngestionError,
     Dataset,
     Platform,
+    conformed_file,
     export_prefix,
 )
 from aep_assets.resources.storage import Manifest, Storage
 from aep_assets.settings import assets_home
-
-_CATALOG_DDL = """
-CREATE SCHEMA IF NOT EXISTS catalog;
-CREATE TABLE IF NOT EXISTS catalog.datasets (
-    id text PRIMARY KEY,
-    name text NOT NULL UNIQUE,
-    table_name text NOT NULL UNIQUE,
-    xdm_schema jsonb NOT NULL,
-    profile_enabled boolean NOT NULL,
-    created_ms bigint NOT NULL
-);
-CREATE TABLE IF NOT EXISTS catalog.batches (
-    id text PRIMARY KEY,
-    dataset_id text NOT NULL REFERENCES catalog.datasets(id) ON DELETE CASCADE,
-    status text NOT NULL CHECK (status IN ('loading', 'success', 'failed')),
-    created_ms bigint NOT NULL,
-    completed_ms bigint,
-    record_count bigint,
-    error text,
-    idempotency_key text
-);
-CREATE UNIQUE INDEX IF NOT EXISTS batches_one_success_per_key
-    ON catalog.batches (dataset_id, idempotency_key) WHERE status = 'success';
-CREATE INDEX IF NOT EXISTS batches_by_completion ON catalog.batches (dataset_id, status, completed_ms);
-CREATE TABLE IF NOT EXISTS catalog.audiences (
-    id text PRIMARY KEY,
-    name text NOT NULL UNIQUE,
-    description text NOT NULL,
-    expression text NOT NULL,
-    lower_bound double precision NOT NULL,
-    upper_bound double precision NOT NULL,
-    created_ms bigint NOT NULL,
-    updated_ms bigint NOT NULL
-);
-"""
-
-_NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
-
-_PG_TYPES = {
-    pa.string(): "text",
-    pa.float64(): "double precision",
-    pa.int32(): "integer",
-    pa.int64(): "bigint",
-    pa.bool_(): "boolean",
-    pa.timestamp("us", tz="UTC"): "timestamptz",
-}
-
-
-def new_id(created_ms: int | None = None) -> str:
-    """Time-ordered ids (like AEP's batch ids), so sorting by id follows creation."""
-    stamp = created_ms if created_ms is not None else int(time.time() * 1000)
-    return f"{stamp:012x}{secrets.token_hex(6)}"
 
 
 class LocalPlatform(Platform):
@@ -122,7 +78,7 @@ class LocalPlatform(Platform):
             with psycopg.connect(address.conninfo, autocommit=True) as conn:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(4242)")  # concurrent first runs
-                    conn.execute(_CATALOG_DDL)
+                    conn.execute(CATALOG_DDL)
             self._address, self._address_pid = address, os.getpid()
         return self._address
 
@@ -149,11 +105,11 @@ class LocalPlatform(Platform):
     # --- catalog ------------------------------------------------------------------------------
     def ensure_dataset(self, spec: DatasetSpec) -> Dataset:
         table = names.identifier(spec.name, "dataset name")
-        columns = ", ".join(f"{names.quoted(f.name, 'column')} {_PG_TYPES[f.type]}" for f in spec.schema)
+        columns = ", ".join(f"{names.quoted(f.name, 'column')} {PG_TYPES[f.type]}" for f in spec.schema)
         xdm = {f.name: str(f.type) for f in spec.schema}
         with self.connect() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dataset:{table}",))
-            existing = self._dataset_row(conn, "name", spec.name)
+            existing = dataset_row(conn, "name", spec.name)
             if existing:
                 self._ensure_merged_table(conn, spec, table)
                 return existing
@@ -165,11 +121,11 @@ class LocalPlatform(Platform):
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {names.quoted(table + '_identity')} "
                              f"ON {names.quoted(table)} ({names.quoted(spec.identity)})")
             conn.execute(
-                f"INSERT INTO catalog.datasets VALUES (%s, %s, %s, %s, %s, {_NOW_MS})",
+                f"INSERT INTO catalog.datasets VALUES (%s, %s, %s, %s, %s, {NOW_MS})",
                 (secrets.token_hex(12), spec.name, table, psycopg.types.json.Jsonb(xdm), spec.profile_enabled),
             )
             self._ensure_merged_table(conn, spec, table)
-            return self._dataset_row(conn, "name", spec.name)
+            return dataset_row(conn, "name", spec.name)
 
     @staticmethod
     def _ensure_merged_table(conn, spec: DatasetSpec, table: str) -> None:
@@ -192,26 +148,17 @@ class LocalPlatform(Platform):
 
     def find_dataset(self, name: str) -> Dataset | None:
         with self.connect() as conn:
-            return self._dataset_row(conn, "name", name)
-
-    @staticmethod
-    def _dataset_row(conn, column: str, value: str) -> Dataset | None:
-        row = conn.execute(
-            f"SELECT id, name, table_name, profile_enabled, created_ms FROM catalog.datasets WHERE {column} = %s",
-            (value,),
-        ).fetchone()
-        return Dataset(*row) if row else None
+            return dataset_row(conn, "name", name)
 
     def batch(self, batch_id: str) -> Batch | None:
         """One batch by id, as the Catalog's /batches/{id}."""
         with self.connect() as conn:
-            row = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM catalog.batches WHERE id = %s", (batch_id,)).fetchone()
-        return Batch(*row) if row else None
+            return batch_row(conn, batch_id)
 
     def batches(self, dataset: Dataset) -> list[Batch]:
         """Every batch of a dataset, any status, oldest first."""
         with self.connect() as conn:
-            rows = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM catalog.batches WHERE dataset_id = %s "
+            rows = conn.execute(f"SELECT {BATCH_COLUMNS} FROM catalog.batches WHERE dataset_id = %s "
                                 "ORDER BY created_ms, id", (dataset.id,)).fetchall()
         return [Batch(*row) for row in rows]
 
@@ -219,7 +166,7 @@ class LocalPlatform(Platform):
                           ) -> list[Batch]:
         with self.connect() as conn:
             rows = conn.execute(
-                f"SELECT {_BATCH_COLUMNS} FROM catalog.batches WHERE dataset_id = %s "
+                f"SELECT {BATCH_COLUMNS} FROM catalog.batches WHERE dataset_id = %s "
                 "AND status IN ('success', 'failed') AND completed_ms >= %s ORDER BY completed_ms, id LIMIT %s",
                 (dataset.id, completed_after_ms, limit),
             ).fetchall()
@@ -235,19 +182,19 @@ class LocalPlatform(Platform):
             # 'loading' batch whose owner died (lock released) is recognisable as abandoned.
             guard.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"ingest:{dataset.id}:{idempotency_key}",))
             existing = guard.execute(
-                f"SELECT {_BATCH_COLUMNS} FROM catalog.batches WHERE dataset_id = %s AND idempotency_key = %s "
+                f"SELECT {BATCH_COLUMNS} FROM catalog.batches WHERE dataset_id = %s AND idempotency_key = %s "
                 "AND status = 'success'", (dataset.id, idempotency_key)).fetchone()
             if existing:
                 return Batch(*existing)
             guard.execute(
-                f"UPDATE catalog.batches SET status = 'failed', completed_ms = {_NOW_MS}, "
+                f"UPDATE catalog.batches SET status = 'failed', completed_ms = {NOW_MS}, "
                 "error = 'abandoned: the ingesting process stopped before completing the batch' "
                 "WHERE dataset_id = %s AND idempotency_key = %s AND status = 'loading'",
                 (dataset.id, idempotency_key))
             batch_id = new_id()
             guard.execute(
                 f"INSERT INTO catalog.batches (id, dataset_id, status, created_ms, idempotency_key) "
-                f"VALUES (%s, %s, 'loading', {_NOW_MS}, %s)", (batch_id, dataset.id, idempotency_key))
+                f"VALUES (%s, %s, 'loading', {NOW_MS}, %s)", (batch_id, dataset.id, idempotency_key))
             try:
                 table = self._read_batch_files(spec, files, batch_id)
                 with self._arrow_connection() as conn:
@@ -257,12 +204,12 @@ class LocalPlatform(Platform):
                             cursor.execute(merge.upsert_sql(spec, dataset.table, batch_id))
                         cursor.execute(
                             f"UPDATE catalog.batches SET status = 'success', record_count = {table.num_rows}, "
-                            f"completed_ms = {_NOW_MS} WHERE id = '{batch_id}'")
+                            f"completed_ms = {NOW_MS} WHERE id = '{batch_id}'")
                     conn.commit()
             except Exception as error:
                 message = str(error) if isinstance(error, BatchValidationError) else f"{type(error).__name__}: {error}"
                 guard.execute(
-                    f"UPDATE catalog.batches SET status = 'failed', completed_ms = {_NOW_MS}, error = %s "
+                    f"UPDATE catalog.batches SET status = 'failed', completed_ms = {NOW_MS}, error = %s "
                     "WHERE id = %s", (message[:4000], batch_id))
                 failed = self.batch(batch_id)
                 raise BatchIngestionError(
@@ -273,8 +220,7 @@ class LocalPlatform(Platform):
             # Statistics current before the next query, not whenever autovacuum gets to it (the feature SQL's
             # joins depend on them), once a batch adds a tenth of the rows last analyzed, autovacuum's threshold.
             # A merged dataset is read through its merged table, by plain scans: nothing to plan.
-            landed = Batch(*guard.execute(f"SELECT {_BATCH_COLUMNS} FROM catalog.batches WHERE id = %s",
-                                          (batch_id,)).fetchone())
+            landed = batch_row(guard, batch_id)
             if not spec.merged:
                 analyzed_rows = guard.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
                                               (names.quoted(dataset.table),)).fetchone()[0]
@@ -284,13 +230,7 @@ class LocalPlatform(Platform):
 
     @staticmethod
     def _read_batch_files(spec: DatasetSpec, files: Sequence[Path], batch_id: str) -> pa.Table:
-        parts = []
-        for path in files:
-            try:
-                raw = pq.read_table(path)
-            except Exception as error:  # pyarrow raises several types for unreadable files
-                raise BatchValidationError(f"file {path}: not a readable parquet file ({error})") from error
-            parts.append(conform(raw, spec, f"file {path}"))
+        parts = [conformed_file(path, spec) for path in files]
         table = pa.concat_tables(parts)
         if spec.unique_identity and len(parts) > 1:
             table = conform(table, spec, f"batch files {[str(p) for p in files]}")
@@ -328,17 +268,17 @@ class LocalPlatform(Platform):
                 "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
                 "ORDER BY ordinal_position", (table,)).fetchall()
             xdm = psycopg.types.json.Jsonb(dict(columns))
-            dataset = self._dataset_row(conn, "name", name)
+            dataset = dataset_row(conn, "name", name)
             if dataset is None:
-                conn.execute(f"INSERT INTO catalog.datasets VALUES (%s, %s, %s, %s, false, {_NOW_MS})",
+                conn.execute(f"INSERT INTO catalog.datasets VALUES (%s, %s, %s, %s, false, {NOW_MS})",
                              (secrets.token_hex(12), name, table, xdm))
-                dataset = self._dataset_row(conn, "name", name)
+                dataset = dataset_row(conn, "name", name)
             else:
                 conn.execute("UPDATE catalog.datasets SET xdm_schema = %s WHERE id = %s", (xdm, dataset.id))
             # As AEP does for CTAS output: the new content is one successful batch of the dataset.
             conn.execute(
                 f"INSERT INTO catalog.batches (id, dataset_id, status, created_ms, completed_ms, record_count) "
-                f"VALUES (%s, %s, 'success', {_NOW_MS}, {_NOW_MS}, %s)", (new_id(), dataset.id, rows))
+                f"VALUES (%s, %s, 'success', {NOW_MS}, {NOW_MS}, %s)", (new_id(), dataset.id, rows))
             return dataset
 
     def replace_slices(self, dataset: Dataset, key_column: str, keys: Sequence[str], select: str) -> dict[str, int]:
@@ -358,13 +298,6 @@ class LocalPlatform(Platform):
                     raise ValueError(f"the SELECT for {dataset.name} produced {inserted - sum(counts.values())} "
                                      f"rows whose {key_column} is not one of {list(keys)}")
         return {key: int(counts.get(key, 0)) for key in keys}
-
-    def ensure_table(self, name: str, like_select: str) -> Dataset:
-        """A dataset with the columns of `like_select` and no rows, created once (for replace_slices)."""
-        dataset = self.find_dataset(name)
-        if dataset is not None:
-            return dataset
-        return self.create_table_as(name, f"SELECT * FROM ({like_select}) AS shape WHERE FALSE")
 
     def export_dataset(self, dataset: Dataset, storage: Storage, export_time: datetime,
                        order_by: str | None = None) -> Manifest:
@@ -392,7 +325,7 @@ class LocalPlatform(Platform):
         expression = f"{scores.table}.propensity >= {lower!r} and {scores.table}.propensity < {upper!r}"
         with self.connect() as conn:
             conn.execute(
-                f"INSERT INTO catalog.audiences VALUES (%s, %s, %s, %s, %s, %s, {_NOW_MS}, {_NOW_MS}) "
+                f"INSERT INTO catalog.audiences VALUES (%s, %s, %s, %s, %s, %s, {NOW_MS}, {NOW_MS}) "
                 "ON CONFLICT (name) DO UPDATE SET description = EXCLUDED.description, "
                 "expression = EXCLUDED.expression, lower_bound = EXCLUDED.lower_bound, "
                 "upper_bound = EXCLUDED.upper_bound, updated_ms = EXCLUDED.updated_ms "
@@ -439,5 +372,3 @@ class LocalPlatform(Platform):
                                                              export_time)
         return manifests
 
-
-_BATCH_COLUMNS = "id, dataset_id, status, created_ms, completed_ms, record_count, error, idempotency_key"

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from aep_assets.lib import audiences, merge, sql
-from aep_assets.lib.datasets import PROFILES, PROPENSITY_SCORES, DatasetSpec
+from aep_assets.lib.datasets import PROFILES, PROPENSITY_SCORES, BatchValidationError, DatasetSpec, conform
 from aep_assets.resources.storage import Manifest, Storage
 
 
@@ -141,10 +142,6 @@ class Platform(dg.ConfigurableResource, ABC):
                           export_time: datetime) -> Manifest:
         """Export the members to the file destination under cmle/activation/{audience}/, replacing older exports."""
 
-    @abstractmethod
-    def ensure_table(self, name: str, like_select: str) -> Dataset:
-        """A dataset shaped like `like_select`, created empty once (for replace_slices)."""
-
     # --- shared behaviour ---------------------------------------------------------------------
     @property
     def concurrent_ingestions(self) -> int:
@@ -166,7 +163,13 @@ class Platform(dg.ConfigurableResource, ABC):
                                      self.current_profiles(), audience.lower, audience.upper)
 
     def audience_members(self, audience: Audience, scores: Dataset) -> pa.Table:
+        """The audience's current members as a table (small audiences: read over the Query Service wire)."""
         return self.query(self.audience_members_sql(audience, scores))
+
+    def ensure_table(self, name: str, like_select: str) -> Dataset:
+        """A dataset with the columns of `like_select` and no rows, created once (for replace_slices)."""
+        return self.find_dataset(name) or self.create_table_as(
+            name, f"SELECT * FROM ({like_select}) AS shape WHERE FALSE")
 
     def audience_sizes(self, selected: list[Audience], scores: Dataset) -> dict[str, int]:
         """Sizes of several audiences (implementations may count them in one pass)."""
@@ -192,10 +195,24 @@ class Platform(dg.ConfigurableResource, ABC):
         return sql.render(name, self.dialect, **params)
 
     def find_dataset_or_fail(self, name: str) -> Dataset:
-        dataset = self.find_dataset(name)
-        if dataset is None:
-            raise LookupError(f"dataset {name!r} does not exist in the platform yet: materialize its asset first")
-        return dataset
+        """The dataset named `name`; LookupError if its asset was never materialized."""
+        return existing(self.find_dataset(name), name)
+
+
+def existing(dataset: Dataset | None, name: str) -> Dataset:
+    """A dataset found by name, or LookupError: the asset that creates it has not been materialized."""
+    if dataset is None:
+        raise LookupError(f"dataset {name!r} does not exist in the platform yet: materialize its asset first")
+    return dataset
+
+
+def conformed_file(path: Path, spec: DatasetSpec) -> pa.Table:
+    """One file of a batch, read and conformed to the dataset; BatchValidationError names what does not fit."""
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several types for unreadable files
+        raise BatchValidationError(f"file {path}: not a readable parquet file ({error})") from error
+    return conform(table, spec, f"file {path}")
 
     def latest_event_time(self, events: Dataset) -> datetime:
         """The newest event in the platform: the end of what is observed."""

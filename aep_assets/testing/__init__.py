@@ -23,8 +23,8 @@ from contextlib import contextmanager
 
 import responses
 
-from aep_assets.resources import aep_http
-from aep_assets.resources.aep_platform import AEPPlatform
+from aep_assets.resources.aep import http
+from aep_assets.resources.aep.platform import AEPPlatform
 from aep_assets.testing.contracts import Contracts, SpecsMissing
 from aep_assets.testing.fake_aep import CLIENT_ID, CLIENT_SECRET, ORG_ID, SANDBOX, SCOPES, TENANT, FakeAEP
 
@@ -65,7 +65,7 @@ def fake_aep_platform(query_service=None, *, contracts: Contracts | None = None,
     server = query_service or LocalPlatform(database="aep_fake_query_service")
     address = server.address()
     waits: list[float] = []
-    original_pause, aep_http.pause = aep_http.pause, waits.append
+    original_pause, http.pause = http.pause, waits.append
     platform = AEPPlatformOverPostgres(**fake_credentials(**settings))
     try:
         with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
@@ -73,7 +73,7 @@ def fake_aep_platform(query_service=None, *, contracts: Contracts | None = None,
             fake.waits = waits
             yield platform, fake
     finally:
-        aep_http.pause = original_pause
+        http.pause = original_pause
         platform.teardown_after_execution(None)
     if fake.violations:
         raise ContractViolation("exchanges that break Adobe's API descriptions:\n"

@@ -12,6 +12,9 @@ dicts. `AEPSession` replaces that session on every aepp connector we create:
   `Retry-After`, a bounded number of times; a 401 refreshes the token once and repeats the request;
 - any final status >= 400 raises `AEPError`, whose text names the method, path, status, Adobe's error
   title and request id, with every known secret replaced by `***`. Headers are never logged.
+
+Also here, for every service module of the package: `paged`, the one loop over AEP's paged list
+endpoints; `error_text`, Adobe's error objects as one line; `json_headers`, the content type of writes.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -32,6 +37,8 @@ from requests.adapters import HTTPAdapter
 log = logging.getLogger("aep_assets.aep")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+T = TypeVar("T")
 
 
 def pause(seconds: float) -> None:
@@ -275,3 +282,38 @@ def never_sent(error: requests.RequestException) -> bool:
         reason = getattr(error.args[0], "reason", error.args[0])
         return isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.NameResolutionError))
     return False
+
+
+def paged(fetch: Callable[[Any, int], tuple[list[T], Any]], *, first: Any = 0, page_size: int = 100,
+          limit: int | None = None) -> Iterator[T]:
+    """Every item of an AEP list endpoint, page after page, fetched only as far as the caller reads.
+
+    `fetch(start, size)` asks for at most `size` items from `start` and returns them with the start of the
+    next page, or None after the last page: `offset_next` for endpoints paged by offset (Catalog,
+    Segmentation); the Schema Registry pages by the last title instead. `limit` caps the items read.
+    """
+    start, seen = first, 0
+    while limit is None or seen < limit:
+        size = page_size if limit is None else min(page_size, limit - seen)
+        items, start = fetch(start, size)
+        yield from items
+        seen += len(items)
+        if start is None:
+            return
+
+
+def offset_next(start: int, items: list, size: int) -> int | None:
+    """The next `start` of an endpoint paged by `start` and `limit`: a full page may have a successor."""
+    return start + len(items) if len(items) == size else None
+
+
+def error_text(errors: list[dict] | None, between: str = " ") -> str:
+    """Adobe's error objects as one line, "code text; ...": each service names the text differently
+    (`message`, Catalog's `description`, segmentation's `msg`)."""
+    return "; ".join(between.join(str(part) for part in (e.get("code"), e.get("description") or e.get("msg")
+                                                          or e.get("message")) if part) for e in errors or [])
+
+
+def json_headers(header: dict) -> dict:
+    """aepp's service headers with the JSON content type the descriptions require on writes."""
+    return {**header, "Content-Type": "application/json"}
