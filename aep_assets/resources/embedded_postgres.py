@@ -53,8 +53,8 @@ SERVER_SETTINGS = {
     "synchronous_commit": "off",
     "max_parallel_workers_per_gather": "2",
     "timezone": "UTC",
-    # The datasets sit in memory or on SSD: at the default 4 a 10k-profile rescore at a 1M base was
-    # planned as a scan of all 10.7M events (3.4 s) instead of index probes for its users (0.3 s).
+    # The datasets sit in memory or on SSD: at the default 4 a small rescore over a large base is planned
+    # as a scan of every event instead of index probes for its users (docs/performance.md).
     "random_page_cost": "1.1",
 }
 

@@ -62,7 +62,7 @@ class LocalPlatform(Platform):
 
     @property
     def concurrent_ingestions(self) -> int:
-        # One COPY keeps one server process busy: two at once landed 6M events in 13.7 s instead of 19.5 s
+        # One COPY keeps one server process busy: two at once land a large load about 30% faster
         # on 2 cores (each batch stays its own transaction).
         return min(2, os.cpu_count() or 1)
 
@@ -138,7 +138,7 @@ class LocalPlatform(Platform):
         if conn.execute("SELECT to_regclass(%s)", (merged,)).fetchone()[0] is not None:
             return
         # Every rescoring rewrites each profile's row: free space on the page lets PostgreSQL update it in
-        # place (a HOT update, no new index entry): 100k upserts at 1M rows 0.38-0.49 s instead of 0.65-0.72 s.
+        # place (a HOT update, no new index entry), a third faster than a new row version (docs/performance.md).
         conn.execute(f"CREATE TABLE {merged} (LIKE {names.quoted(table)}, PRIMARY KEY ({names.quoted(spec.identity)})) "
                      "WITH (fillfactor = 50)")
         if not spec.merge_by:  # profiles: scoring reads them per batch (the batch that last touched each one)
