@@ -1,5 +1,6 @@
 """Real local resources for the tests: one embedded PostgreSQL server per session, a fresh
-database, storage folder and MLflow store per test that asks for them."""
+database, storage folder and MLflow store per test that asks for them; for AEP mode, the fake platform
+and AEPPlatforms wired to it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import responses
 from moto.server import ThreadedMotoServer
 
 # Before any project import: everything the tests write goes to a throwaway home that the
@@ -23,10 +25,14 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 pytest_plugins = ["aep_assets.testing.pytest_plugin"]  # aep_contracts, aep_fake_platform
 
+from aep_assets.resources.aep import http  # noqa: E402
+from aep_assets.resources.aep.platform import AEPPlatform  # noqa: E402
 from aep_assets.resources.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from aep_assets.resources.local_platform import LocalPlatform  # noqa: E402
 from aep_assets.resources.storage import LocalStorage, S3Storage  # noqa: E402
 from aep_assets.resources.tracking import MlflowTracking  # noqa: E402
+from aep_assets.testing import AEPPlatformOverPostgres, fake_credentials  # noqa: E402
+from aep_assets.testing.fake_aep import FakeAEP  # noqa: E402
 from aep_assets_tests.factories import free_port  # noqa: E402
 
 
@@ -104,3 +110,46 @@ def no_inherited_mlflow_uri(monkeypatch):
     """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; a later test building its resources
     from the environment would otherwise pick up an earlier test's registry."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+# --- AEP mode: aepp's own `requests` code against the fake platform ---------------------------------
+@pytest.fixture
+def sleeps(monkeypatch) -> list[float]:
+    """Every wait of AEP mode, recorded instead of slept."""
+    recorded: list[float] = []
+    monkeypatch.setattr(http, "pause", recorded.append)
+    return recorded
+
+
+@pytest.fixture
+def fake(platform, aep_contracts):
+    """The fake platform; `platform` (a LocalPlatform on a fresh database) plays Query Service's server.
+    Every exchange is checked against Adobe's API descriptions: a test passes only if none broke them."""
+    address = platform.address()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        fake = FakeAEP(rsps, address.conninfo, address, aep_contracts)
+        yield fake
+    assert not fake.violations, "exchanges that break Adobe's API descriptions:\n" + "\n".join(
+        dict.fromkeys(fake.violations))
+
+
+@pytest.fixture
+def make_aep():
+    """Builds AEPPlatforms with the fake's credentials and four HTTP attempts, settings overridable by
+    name; their Query Service connections are closed after the test, so no database is left in use."""
+    made: list[AEPPlatform] = []
+
+    def make(**overrides) -> AEPPlatform:
+        made.append(AEPPlatformOverPostgres(**fake_credentials(http_attempts=4, http_backoff_seconds=0.5,
+                                                               **overrides)))
+        return made[-1]
+
+    yield make
+    for resource in made:
+        resource.teardown_after_execution(None)
+
+
+@pytest.fixture
+def aep(fake, sleeps, make_aep) -> AEPPlatform:
+    """The AEPPlatform most tests use: default settings, on the fake, waits recorded."""
+    return make_aep()

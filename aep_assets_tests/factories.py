@@ -1,14 +1,19 @@
-"""Small inputs the tests build: source files in the datasets' shapes, a free local port. Shared by every
-test module (tests import this module, never each other)."""
+"""Small inputs the tests build: source files in the datasets' shapes, the files AEP's dataset export
+writes, a free local port. Shared by every test module (tests import this module, never each other)."""
 
 from __future__ import annotations
 
+import io
 import socket
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from aep_assets.testing.fake_aep import FakeAEP
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -39,6 +44,35 @@ def events_file(path: Path, rows: int, **overrides) -> Path:
     columns.update(overrides)
     pq.write_table(pa.table(columns), path)
     return path
+
+
+def scores_file(path: Path, propensities, as_of: datetime = NOW) -> Path:
+    """A propensity score batch file: user `u{i}` has the i-th propensity, all scored as of `as_of`."""
+    n = len(propensities)
+    columns = {
+        "userid": pa.array([f"u{i}" for i in range(n)]), "propensity": pa.array(propensities, pa.float64()),
+        "decile": pa.array([1] * n, pa.int32()), "model_name": pa.array(["cmle_propensity_model"] * n),
+        "model_version": pa.array(["3"] * n), "as_of": pa.array([as_of] * n, pa.timestamp("us", "UTC")),
+        "profile_batch": pa.array(["b1"] * n),
+    }
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def dataset_export_writer(fake: FakeAEP, endpoint_url: str,
+                          rows_of: Callable[[str], pa.Table]) -> Callable[[dict, str], None]:
+    """A `fake.on_export` that does what AEP's dataflow does: the dataset's rows (`rows_of(dataset_id)`) as
+    gzip parquet in the flow's target bucket, under {path}/{dataset id}/exportTime=.../."""
+    s3 = boto3.client("s3", endpoint_url=endpoint_url)
+
+    def write_export(flow: dict, dataset_id: str) -> None:
+        target = next(c for c in fake.connections.values() if c["id"] == flow["targetConnectionIds"][0])
+        buffer = io.BytesIO()
+        pq.write_table(rows_of(dataset_id), buffer, compression="gzip")
+        key = f"{target['params']['path']}/{dataset_id}/exportTime=202501061230/part-00000-tid-42-c000.gz.parquet"
+        s3.put_object(Bucket=target["params"]["bucketName"], Key=key, Body=buffer.getvalue())
+
+    return write_export
 
 
 def free_port() -> int:
