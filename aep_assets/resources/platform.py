@@ -198,22 +198,6 @@ class Platform(dg.ConfigurableResource, ABC):
         """The dataset named `name`; LookupError if its asset was never materialized."""
         return existing(self.find_dataset(name), name)
 
-
-def existing(dataset: Dataset | None, name: str) -> Dataset:
-    """A dataset found by name, or LookupError: the asset that creates it has not been materialized."""
-    if dataset is None:
-        raise LookupError(f"dataset {name!r} does not exist in the platform yet: materialize its asset first")
-    return dataset
-
-
-def conformed_file(path: Path, spec: DatasetSpec) -> pa.Table:
-    """One file of a batch, read and conformed to the dataset; BatchValidationError names what does not fit."""
-    try:
-        table = pq.read_table(path)
-    except Exception as error:  # pyarrow raises several types for unreadable files
-        raise BatchValidationError(f"file {path}: not a readable parquet file ({error})") from error
-    return conform(table, spec, f"file {path}")
-
     def latest_event_time(self, events: Dataset) -> datetime:
         """The newest event in the platform: the end of what is observed."""
         answer = self.query(self.render("latest_event_time", events=sql.Identifier(events.table)))
@@ -241,6 +225,22 @@ def conformed_file(path: Path, spec: DatasetSpec) -> pa.Table:
                                          profile_batches=list(keys)))
         found = dict(zip(counted["profile_batch"].to_pylist(), counted["profiles"].to_pylist(), strict=True))
         return {key: int(found.get(key, 0)) for key in keys}
+
+
+def existing(dataset: Dataset | None, name: str) -> Dataset:
+    """A dataset found by name, or LookupError: the asset that creates it has not been materialized."""
+    if dataset is None:
+        raise LookupError(f"dataset {name!r} does not exist in the platform yet: materialize its asset first")
+    return dataset
+
+
+def conformed_file(path: Path, spec: DatasetSpec) -> pa.Table:
+    """One file of a batch, read and conformed to the dataset; BatchValidationError names what does not fit."""
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several types for unreadable files
+        raise BatchValidationError(f"file {path}: not a readable parquet file ({error})") from error
+    return conform(table, spec, f"file {path}")
 
 
 def export_prefix(dataset: Dataset, export_time: datetime) -> str:
