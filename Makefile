@@ -43,5 +43,7 @@ aep-check: setup
 bench: setup
 	$(RUN) python bench/run.py --profiles $(PROFILES)
 
-clean: stop
+# The server's files go too, wherever they are (a home the server user cannot reach keeps them under /var/tmp).
+clean:
+	@if [ -d "$$AEP_ASSETS_HOME/postgres" ]; then $(RUN) python -m aep_assets.resources.embedded_postgres remove; fi
 	rm -rf -- "$$AEP_ASSETS_HOME"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -72,6 +73,15 @@ def embedded_server(session_home):
     server.ensure_running()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_home_removed_at_the_end(session_home):
+    """The session's home holds a whole PostgreSQL cluster (gigabytes of WAL after the big tests): removed
+    once every test is done, its server stopped first."""
+    yield
+    EmbeddedPostgres(session_home / "postgres").remove()
+    shutil.rmtree(session_home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -140,7 +140,7 @@ def test_diagnose_runs_every_section_on_a_kept_home(tmp_path):
         leftovers = [p.pid for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])]
         assert not leftovers
     finally:
-        EmbeddedPostgres(home / "postgres").stop()
+        EmbeddedPostgres(home / "postgres").remove()
         shutil.rmtree(home, ignore_errors=True)
 
     assert set(result["server"]) == {"jit", "jit_available", "random_page_cost", "version"}

@@ -139,6 +139,10 @@ def test_a_home_the_server_user_cannot_reach_gets_its_server_files_elsewhere(ses
         again = EmbeddedPostgres(private / "home" / "postgres")  # a later process: same data
         with psycopg.connect(again.ensure_running().conninfo, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM kept").fetchone()[0] == 1
+        relocated = again.server_dir
+        again.remove()  # `make clean`: the relocated folder goes with the home
+        assert not relocated.exists() and not (private / "home" / "postgres").exists()
+        assert again.answering_address() is None
     finally:
         server.stop()
 

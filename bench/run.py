@@ -98,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sampler.stop()
         finally:  # whatever failed, the server of the temporary home must not outlive the benchmark
-            EmbeddedPostgres(home / "postgres").stop()
-            if not args.keep:
+            if args.keep:
+                EmbeddedPostgres(home / "postgres").stop()
+            else:
+                EmbeddedPostgres(home / "postgres").remove()
                 shutil.rmtree(home, ignore_errors=True)
     text = render_table(result) + "\n" + json.dumps(result, default=str)
     if args.output:

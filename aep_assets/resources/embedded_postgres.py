@@ -183,6 +183,14 @@ class EmbeddedPostgres:
             result = self._run(bin_dir, "pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", check=False)
             return result.returncode == 0
 
+    def remove(self) -> None:
+        """Stop the server and delete its files, the folder under /var/tmp included when it was relocated
+        there: nothing of this home's platform stays on the machine."""
+        self.stop()
+        if self.location_file.exists():
+            shutil.rmtree(self.server_dir, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def answering_address(self) -> ServerAddress | None:
         """Where the server listens when it runs and accepts connections, else None."""
         if not self.port_file.exists() or not (self.data_dir / "postmaster.pid").exists():
@@ -314,7 +322,7 @@ class EmbeddedPostgres:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m aep_assets.resources.embedded_postgres start|stop|status` (used by `make stop`)."""
+    """`python -m aep_assets.resources.embedded_postgres start|stop|status|remove` (`make stop`, `make clean`)."""
     from aep_assets.settings import assets_home
 
     server = EmbeddedPostgres(assets_home() / "postgres")
@@ -323,11 +331,14 @@ def main(argv: list[str]) -> int:
         print(server.ensure_running().uri)
     elif command == "stop":
         print("stopped" if server.stop() else "not running")
+    elif command == "remove":
+        server.remove()
+        print(f"removed {server.root}")
     elif command == "status":
         address = server.answering_address()
         print(address.uri if address else "not running")
     else:
-        print(f"unknown command {command!r}: start | stop | status")
+        print(f"unknown command {command!r}: start | stop | status | remove")
         return 2
     return 0
 
