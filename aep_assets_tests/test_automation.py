@@ -197,4 +197,4 @@ def test_the_daemon_rescores_a_landed_batch_by_itself(monkeypatch):
         if daemon is not None:
             os.killpg(daemon.pid, 15)
             daemon.wait(timeout=30)
-        platform.server.stop()
+        platform.server.remove()

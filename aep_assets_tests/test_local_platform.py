@@ -114,7 +114,7 @@ def test_two_processes_starting_the_server_at_once_share_one(session_home):
     finally:
         from aep_assets.resources.embedded_postgres import EmbeddedPostgres
 
-        EmbeddedPostgres(home / "postgres").stop()
+        EmbeddedPostgres(home / "postgres").remove()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as another user only when we are root")

@@ -137,4 +137,4 @@ def test_a_second_run_changes_nothing_and_a_killed_run_recovers(tmp_path):
         assert not leftovers
     finally:
         for home in (clean, killed):
-            LocalPlatform(home=str(home)).server.stop()
+            LocalPlatform(home=str(home)).server.remove()

@@ -198,7 +198,7 @@ def dagster_ui(chromium):
             stopping = time.monotonic()
             stop_groups(*processes)
             if platform is not None:
-                platform.server.stop()
+                platform.server.remove()
             shutil.rmtree(home, ignore_errors=True)
             print(f"teardown: {time.monotonic() - stopping:.1f} s")
 
