@@ -36,7 +36,7 @@ def generation(profiles: int) -> None:
     total = time.perf_counter() - started
     parts = {}
     for (filename, _, function), (_, _, _, cumulative, _) in pstats.Stats(profiler).stats.items():
-        if (Path(filename).parent.name == "synthetic" or filename.endswith("holdout.py")) and function in (
+        if (Path(filename).parent.name == "synthetic" or filename.endswith(("holdout.py", "hashing.py"))) and function in (
                 "profile_frame", "simulate", "is_held_out", "ground_truth", "oracle_probabilities", "event_frame",
                 "argsort_pairs", "uuid_like", "fnv1a64", "walk"):
             parts[function] = round(cumulative, 3)

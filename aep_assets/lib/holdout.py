@@ -16,24 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
+
+from aep_assets.lib.hashing import fnv1a64, fnv1a64_state
 
 HOLDOUT_FRACTION = 0.25
 # Hashed ahead of every id, so this split shares nothing with other uses of FNV-1a (the synthetic ids).
 HOLDOUT_KEY = b"aep_assets.holdout:"
 BUCKETS = 1_000_000
-
-FNV_OFFSET_BASIS = 0xCBF29CE484222325
-FNV_PRIME = 0x100000001B3
-MASK64 = (1 << 64) - 1
-
-
-def fnv1a64_state(data: bytes, state: int = FNV_OFFSET_BASIS) -> int:
-    """FNV-1a 64 of `data`, continued from `state` (the offset basis for a fresh hash)."""
-    for byte in data:
-        state = ((state ^ byte) * FNV_PRIME) & MASK64
-    return state
-
 
 KEYED_STATE = fnv1a64_state(HOLDOUT_KEY)
 
@@ -48,23 +37,8 @@ def splitmix64_finalise(z: np.ndarray) -> np.ndarray:
 
 
 def keyed_fnv1a64(ids: pl.Series) -> np.ndarray:
-    """FNV-1a 64 of HOLDOUT_KEY + each id's UTF-8 bytes (a null id hashes as the empty string).
-    One numpy step per byte position: all ids at once up to the shortest length, then only the longer ones."""
-    strings = ids.cast(pl.String).rechunk().to_arrow().cast(pa.large_string())
-    if isinstance(strings, pa.ChunkedArray):
-        strings = strings.combine_chunks()
-    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64)[strings.offset: strings.offset + len(strings) + 1]
-    data = np.frombuffer(strings.buffers()[2], dtype=np.uint8) if len(strings) else np.zeros(0, np.uint8)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    h = np.full(len(strings), KEYED_STATE, dtype=np.uint64)
-    prime = np.uint64(FNV_PRIME)
-    shortest, longest = (int(lengths.min()), int(lengths.max())) if len(strings) else (0, 0)
-    for pos in range(shortest):
-        h = (h ^ data[starts + pos]) * prime
-    for pos in range(shortest, longest):
-        idx = np.flatnonzero(lengths > pos)
-        h[idx] = (h[idx] ^ data[starts[idx] + pos]) * prime
-    return h
+    """FNV-1a 64 of HOLDOUT_KEY + each id's UTF-8 bytes (a null id hashes as the empty string)."""
+    return fnv1a64(ids.cast(pl.String).rechunk().to_arrow(), state=KEYED_STATE)
 
 
 def holdout_hash(ids: pl.Series) -> np.ndarray:

@@ -14,9 +14,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from aep_assets.lib.hashing import fnv1a64
+
 MASK63 = np.uint64((1 << 63) - 1)
-FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-FNV_PRIME = np.uint64(0x100000001B3)
 TEN19 = np.uint64(10**19)
 
 
@@ -29,21 +29,6 @@ def mix63(x: np.ndarray, key: int) -> np.ndarray:
     z = (z * np.uint64(0x94D049BB133111EB)) & MASK63
     z ^= z >> np.uint64(31)
     return z
-
-
-def fnv1a64(strings: pa.Array) -> np.ndarray:
-    """FNV-1a 64 of each string's UTF-8 bytes, one numpy step per character position."""
-    strings = strings.cast(pa.large_string())
-    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64)
-    offsets = offsets[strings.offset: strings.offset + len(strings) + 1]
-    data = np.frombuffer(strings.buffers()[2], dtype=np.uint8)
-    lengths = np.diff(offsets)
-    h = np.full(len(strings), FNV_OFFSET, dtype=np.uint64)
-    idx = np.arange(len(strings))
-    for pos in range(int(lengths.max()) if len(strings) else 0):
-        idx = idx[lengths[idx] > pos]
-        h[idx] = (h[idx] ^ data[offsets[idx] + pos]) * FNV_PRIME
-    return h
 
 
 def strings(chars: np.ndarray) -> pl.Series:
