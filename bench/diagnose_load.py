@@ -35,10 +35,11 @@ def generation(profiles: int) -> None:
     profiler.disable()
     total = time.perf_counter() - started
     parts = {}
+    ours = ("profile_frame", "simulate", "is_held_out", "ground_truth", "oracle_probabilities", "event_frame",
+            "argsort_pairs", "uuid_like", "fnv1a64", "walk")
     for (filename, _, function), (_, _, _, cumulative, _) in pstats.Stats(profiler).stats.items():
-        if (Path(filename).parent.name == "synthetic" or filename.endswith(("holdout.py", "hashing.py"))) and function in (
-                "profile_frame", "simulate", "is_held_out", "ground_truth", "oracle_probabilities", "event_frame",
-                "argsort_pairs", "uuid_like", "fnv1a64", "walk"):
+        in_lib = Path(filename).parent.name == "synthetic" or filename.endswith(("holdout.py", "hashing.py"))
+        if in_lib and function in ours:
             parts[function] = round(cumulative, 3)
     note("generation.batch0_seconds", round(total, 3))
     note("generation.batch0_events", data.events.height)
