@@ -124,13 +124,17 @@ class Storage(dg.ConfigurableResource, ABC):
         are removed and that write is returned instead: a re-run adds no copy. Then the complete writes
         beside it beyond the newest `keep` (default: this storage's `keep_complete_writes`) are removed.
         """
+        keep = self.keep_complete_writes if keep is None else keep
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 (the write just made), got {keep}")
         prefix = prefix.rstrip("/")
         parent = prefix.rsplit("/", 1)[0]
         self.delete_prefix(prefix)  # leftovers of a crashed attempt at the same prefix
         writer = {"host": socket.gethostname(), "pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat()}
         self.put_bytes(f"{prefix}/{WRITING}", json.dumps(writer).encode())
         files, rows, size, digest = self._upload_parts(prefix, batches, schema, rows_per_file, compression, suffix)
-        complete = self.complete_writes(parent)
+        folders = self._folders(parent)  # one listing serves the dedupe and the clean-up
+        complete = self._complete(parent, folders)
         if complete and complete[-1].digest == digest:
             self.delete_prefix(prefix)
             manifest = complete[-1]
@@ -140,7 +144,9 @@ class Storage(dg.ConfigurableResource, ABC):
             self.put_bytes(f"{prefix}/{MANIFEST}", manifest.to_json())
             self.delete_key(f"{prefix}/{WRITING}")
             complete = sorted([*complete, manifest], key=_manifest_key)
-        self._prune(parent, complete, self.keep_complete_writes if keep is None else keep)
+        abandoned = self._abandoned(parent, {f: names for f, names in folders.items() if f"{parent}/{f}" != prefix})
+        for old in [m.prefix for m in complete[:-keep]] + abandoned:
+            self.delete_prefix(old)
         return manifest
 
     def _upload_parts(self, prefix: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema, rows_per_file: int,
@@ -185,33 +191,26 @@ class Storage(dg.ConfigurableResource, ABC):
                 upload()
         return files, total_rows, total_bytes, digest.hexdigest()
 
-    def _prune(self, parent: str, complete: list[Manifest], keep: int) -> None:
-        """Remove the complete writes under `parent` beyond the newest `keep` (`complete`: all of them,
-        oldest first), and the folders that writers killed mid-write left behind (never complete, so
-        never read)."""
-        if keep < 1:
-            raise ValueError(f"keep must be at least 1 (the write just made), got {keep}")
-        for prefix in [m.prefix for m in complete[:-keep]] + self._abandoned_writes(parent):
-            self.delete_prefix(prefix)
-
-    def _abandoned_writes(self, parent: str) -> list[str]:
-        """Folders under `parent` without a manifest whose writer is gone: its process no longer runs on
-        this host, or it started over ABANDONED_AFTER ago (another host), or it left no writer record."""
-        parent = parent.rstrip("/")
-        keys = self.list_keys(parent)
+    def _folders(self, parent: str) -> dict[str, set[str]]:
+        """The file names directly inside each folder under `parent`."""
         folders: dict[str, set[str]] = {}
-        for key in keys:
+        for key in self.list_keys(parent):
             folder, _, name = key[len(parent) + 1:].partition("/")
             if name and "/" not in name:
                 folders.setdefault(folder, set()).add(name)
-        abandoned = []
-        for folder, names in sorted(folders.items()):
-            if MANIFEST in names:
-                continue
-            if WRITING in names and not _writer_gone(json.loads(self.get_bytes(f"{parent}/{folder}/{WRITING}"))):
-                continue
-            abandoned.append(f"{parent}/{folder}")
-        return abandoned
+        return folders
+
+    def _complete(self, parent: str, folders: dict[str, set[str]]) -> list[Manifest]:
+        """The manifests of the complete writes among `folders`, oldest first."""
+        return sorted((Manifest.from_json(self.get_bytes(f"{parent}/{folder}/{MANIFEST}"))
+                       for folder, names in folders.items() if MANIFEST in names), key=_manifest_key)
+
+    def _abandoned(self, parent: str, folders: dict[str, set[str]]) -> list[str]:
+        """Folders without a manifest whose writer is gone: its process no longer runs on this host, or it
+        started over ABANDONED_AFTER ago (another host), or it left no writer record. Never complete, so
+        never read: removed beside the next write."""
+        return [f"{parent}/{folder}" for folder, names in sorted(folders.items()) if MANIFEST not in names and (
+            WRITING not in names or _writer_gone(json.loads(self.get_bytes(f"{parent}/{folder}/{WRITING}"))))]
 
     def write_table(self, prefix: str, table: pa.Table, **options) -> Manifest:
         """A whole in-memory table as a complete multi-file write."""
@@ -221,9 +220,7 @@ class Storage(dg.ConfigurableResource, ABC):
     def complete_writes(self, parent: str) -> list[Manifest]:
         """Manifests of the complete writes directly under `parent` (e.g. exportTime=... folders), oldest first."""
         parent = parent.rstrip("/")
-        manifests = [key for key in self.list_keys(parent) if key.endswith(f"/{MANIFEST}")
-                     and key[len(parent) + 1:].count("/") == 1]
-        return sorted((Manifest.from_json(self.get_bytes(key)) for key in manifests), key=_manifest_key)
+        return self._complete(parent, self._folders(parent))
 
     def latest_complete(self, parent: str) -> Manifest:
         """The newest complete write under `parent`; folders without a manifest are ignored."""
