@@ -13,7 +13,7 @@ import polars as pl
 
 from aep_assets.defs.partitions import profile_batches
 from aep_assets.lib import features, guardrails, plots, scoring
-from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES, SCORING_DATASET
+from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROPENSITY_SCORES, SCORING_DATASET
 from aep_assets.lib.drift import population_stability_index
 from aep_assets.lib.source_files import file_digest
 from aep_assets.lib.sql import Identifier
@@ -42,17 +42,16 @@ def scores_parent(scores_dataset_id: str, profile_batch: str) -> str:
                       "training; stored in the platform dataset cmle_scoring_features, replaced per batch.")
 def scoring_features(context: dg.AssetExecutionContext, platform: Platform):
     events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name)
-    profiles = platform.find_dataset_or_fail(PROFILES.name)
     as_of = features.scoring_as_of(platform.latest_event_time(events))
     keys = context.partition_keys
-    current_profiles = platform.current_records(profiles, PROFILES)
+    current_profiles = platform.current_profiles()
     text = features.scoring_sql(platform.dialect, events.table, current_profiles, as_of, keys)
     dataset = platform.ensure_table(SCORING_DATASET, text)
     started = time.monotonic()
     rows = platform.replace_slices(dataset, "profile_batch", keys, text)
     context.log.info(f"{sum(rows.values())} feature rows for {len(keys)} batch(es) "
                      f"in {time.monotonic() - started:.2f} s")
-    expected = platform.profiles_per_batch(keys)
+    expected = platform.profiles_per_batch(current_profiles, keys)
     counts = {key: {"feature_rows": rows[key], "profiles": expected[key]} for key in keys}
     mismatched = [k for k, c in counts.items() if c["feature_rows"] != c["profiles"] or c["profiles"] == 0]
     yield dg.MaterializeResult(metadata={"dataset": SCORING_DATASET, "as_of": as_of.isoformat(),
@@ -86,7 +85,7 @@ def propensity_scores(context: dg.AssetExecutionContext, platform: Platform, sto
                            "and let it pass the gate first")
     scores_dataset = platform.ensure_dataset(PROPENSITY_SCORES)
     feature_table = Identifier(platform.find_dataset_or_fail(SCORING_DATASET).table)
-    profiles_in_batch = platform.profiles_per_batch(context.partition_keys)
+    profiles_in_batch = platform.profiles_per_batch(platform.current_profiles(), context.partition_keys)
     summaries, all_scores, checked, invalid, drift = [], [], [], {}, {}
     for key in context.partition_keys:
         started = time.monotonic()

@@ -219,9 +219,9 @@ class Platform(dg.ConfigurableResource, ABC):
             digest.update(f"\n{dataset.id}:{','.join(batches)}".encode())
         return digest.hexdigest()[:32]
 
-    def profiles_per_batch(self, keys: Sequence[str]) -> dict[str, int]:
+    def profiles_per_batch(self, current_profiles: sql.Fragment, keys: Sequence[str]) -> dict[str, int]:
         """How many current profiles each of these batches last touched (0 for an unknown batch)."""
-        counted = self.query(self.render("profiles_per_batch", profiles=self.current_profiles(),
+        counted = self.query(self.render("profiles_per_batch", profiles=current_profiles,
                                          profile_batches=list(keys)))
         found = dict(zip(counted["profile_batch"].to_pylist(), counted["profiles"].to_pylist(), strict=True))
         return {key: int(found.get(key, 0)) for key in keys}

@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from aep_assets.lib import modeling
 from aep_assets.lib.features import feature_columns
@@ -68,6 +68,7 @@ class MlflowTracking(dg.ConfigurableResource):
     artifact_location: str = Field(default="", description="Empty: $AEP_ASSETS_HOME/mlflow/artifacts.")
     experiment_name: str = Field(default="cmle_propensity")
     registered_model_name: str = Field(default="cmle_propensity_model")
+    _experiment_id: str | None = PrivateAttr(default=None)
 
     def store_uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{assets_home() / 'mlflow' / 'mlflow.db'}"
@@ -80,13 +81,14 @@ class MlflowTracking(dg.ConfigurableResource):
         uri = self.store_uri()
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(uri)
+        mlflow.set_tracking_uri(uri)  # every call: another resource in this process may have pointed it elsewhere
         mlflow.set_registry_uri(uri)
-        experiment = mlflow.get_experiment_by_name(self.experiment_name)
-        if experiment:
-            return experiment.experiment_id
-        artifacts = self.artifact_location or (assets_home() / "mlflow" / "artifacts").as_uri()
-        return mlflow.create_experiment(self.experiment_name, artifact_location=artifacts)
+        if self._experiment_id is None:  # one lookup per resource instance, not one per registry call
+            experiment = mlflow.get_experiment_by_name(self.experiment_name)
+            artifacts = self.artifact_location or (assets_home() / "mlflow" / "artifacts").as_uri()
+            self._experiment_id = (experiment.experiment_id if experiment else
+                                   mlflow.create_experiment(self.experiment_name, artifact_location=artifacts))
+        return self._experiment_id
 
     def client(self):
         self.activate()
