@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -50,3 +51,12 @@ def checked_profiles(value: int, setting: str) -> int:
         raise SettingError(f"{setting} must be at least {MIN_PROFILES} (fewer profiles give too few conversions "
                            f"to train and evaluate a model on), got {value}")
     return value
+
+
+def iso_datetime(value: str, setting: str) -> datetime:
+    """An ISO date or time from a setting, UTC unless it says otherwise; a SettingError naming the setting."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise SettingError(f"{setting} must be an ISO date such as 2026-12-01, got {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

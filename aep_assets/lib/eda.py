@@ -46,6 +46,6 @@ def feature_label_correlations(sample: pl.DataFrame) -> pl.DataFrame:
     columns = feature_columns(sample.columns)
     filled = sample.select([pl.col(c).cast(pl.Float64).fill_null(pl.col(c).cast(pl.Float64).max() * 2).fill_null(0)
                             for c in columns] + [pl.col("label").cast(pl.Float64)])
-    values = [filled.select(pl.corr(c, "label")).item() for c in columns]
+    values = filled.select([pl.corr(c, "label").alias(c) for c in columns]).row(0) if columns else []
     return (pl.DataFrame({"feature": columns, "correlation": values}).fill_nan(0.0).fill_null(0.0)
             .sort(pl.col("correlation").abs(), descending=True))

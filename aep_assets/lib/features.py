@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from aep_assets.lib import sql
 from aep_assets.lib.sql import Fragment, Identifier
+from aep_assets.settings import iso_datetime
 
 ID_COLUMN = "userid"
 LABEL_COLUMN = "label"
@@ -42,8 +43,7 @@ class Window:
         end of the timeline (asked for only then: it costs a query)."""
         if not cutoff:
             return cls.before_end(timeline_end(), cutoff_days_before_end, horizon_days)
-        at = datetime.fromisoformat(cutoff)
-        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        at = iso_datetime(cutoff, "training_features' cutoff")
         return cls(at, at + timedelta(days=horizon_days))
 
 

@@ -11,13 +11,6 @@ FNV_PRIME = 0x100000001B3
 MASK64 = (1 << 64) - 1
 
 
-def fnv1a64_state(data: bytes, state: int = FNV_OFFSET_BASIS) -> int:
-    """FNV-1a 64 of `data`, continued from `state` (the offset basis for a fresh hash)."""
-    for byte in data:
-        state = ((state ^ byte) * FNV_PRIME) & MASK64
-    return state
-
-
 def fnv1a64(strings: pa.Array | pa.ChunkedArray, state: int = FNV_OFFSET_BASIS) -> np.ndarray:
     """FNV-1a 64 of each string's UTF-8 bytes, continued from `state` (a null hashes as the empty string).
     One numpy step per byte position: all strings at once up to the shortest length, then the longer ones."""

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
-from aep_assets.lib.hashing import fnv1a64, fnv1a64_state
+from aep_assets.lib.hashing import fnv1a64
 
 HOLDOUT_FRACTION = 0.25
 # Hashed ahead of every id, so this split shares nothing with other uses of FNV-1a (the synthetic ids).
 HOLDOUT_KEY = b"aep_assets.holdout:"
 BUCKETS = 1_000_000
 
-KEYED_STATE = fnv1a64_state(HOLDOUT_KEY)
+KEYED_STATE = int(fnv1a64(pa.array([HOLDOUT_KEY.decode()]))[0])  # the key's hash, continued per id
 
 
 def splitmix64_finalise(z: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from aep_assets.lib.processes import alive
 from aep_assets.lib.synthetic import SyntheticConfig, SyntheticData
-from aep_assets.settings import SettingError, assets_home
+from aep_assets.settings import SettingError, assets_home, iso_datetime
 
 
 @dataclass(frozen=True)
@@ -132,12 +132,7 @@ def configured_end(value: str) -> datetime:
     re-run, even on another day, regenerates the same one), else the start of today (UTC), so that events
     never lie in the future."""
     if value:
-        try:
-            end = datetime.fromisoformat(value)
-        except ValueError:
-            raise SettingError(f"synthetic_data's timeline_end must be an ISO date such as 2026-12-01, "
-                               f"got {value!r}") from None
-        return end if end.tzinfo else end.replace(tzinfo=timezone.utc)
+        return iso_datetime(value, "synthetic_data's timeline_end")
     recorded = source_folder().population()
     if recorded:
         return datetime.fromisoformat(recorded["end"])

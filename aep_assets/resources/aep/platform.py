@@ -83,7 +83,7 @@ class AEPPlatform(Platform):
     large_file_bytes: int = Field(default=guardrails.SMALL_FILE_BYTES,
                                   description="Files above this use the large-file API.")
     chunk_bytes: int = Field(default=guardrails.CHUNK_BYTES, description="Chunk size of large-file uploads.")
-    interactive_rows: int = Field(default=50_000, description=(
+    interactive_rows: int = Field(default=guardrails.INTERACTIVE_ROWS, description=(
         "Results up to this many rows come over the Query Service wire (its interactive limit); larger "
         "ones are exported to cloud storage through a scratch dataset and read back from there."))
 

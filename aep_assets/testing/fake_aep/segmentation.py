@@ -70,11 +70,10 @@ class FakeSegmentation(FakeState):
             ids = [s["segmentId"] for s in job["segments"]]
             start, end = job["creationTime"], next(self.clock)
             span = {"startTimeInMs": start, "endTimeInMs": end, "totalTimeInMs": end - start}
+            counts = {i: self.segment_count(self.segments[i]) for i in ids}  # one query per segment
             job.update(status=self.job_outcome, updateTime=end, metrics={
-                "totalTime": span, "profileSegmentationTime": span,
-                "segmentedProfileCounter": {i: self.segment_count(self.segments[i]) for i in ids},
-                "segmentedProfileByStatusCounter": {i: {"realized": self.segment_count(self.segments[i]),
-                                                        "exited": 0} for i in ids}})
+                "totalTime": span, "profileSegmentationTime": span, "segmentedProfileCounter": counts,
+                "segmentedProfileByStatusCounter": {i: {"realized": n, "exited": 0} for i, n in counts.items()}})
             if self.job_outcome == "FAILED":
                 job["errors"] = [{"code": "0090000009", "msg": "Error while evaluating segment expression"}]
         return 200, {k: v for k, v in job.items() if not k.startswith("_")}
