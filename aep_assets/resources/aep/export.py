@@ -85,7 +85,7 @@ class DatasetExport:
         source_id = self.flow_item("sourceConnections", f"{flow_name} source", {
             "connectionSpec": {"id": DATA_LAKE_SOURCE_SPEC, "version": "1.0"},
             "params": {"datasets": [{"dataSetId": dataset.id, "name": dataset.name}]}})
-        flow_id = self.flow_item("flows", flow_name, {
+        flow_id = self.create_flow_item("flows", flow_name, {  # not found above
             "flowSpec": {"id": S3_DATASET_FLOW_SPEC}, "sourceConnectionIds": [source_id],
             "targetConnectionIds": [target_id], "transformations": [], "scheduleParams": export_schedule(time.time())})
         log.info("created export dataflow %s for %s", flow_id, dataset.name)
@@ -100,8 +100,10 @@ class DatasetExport:
     def flow_item(self, kind: str, name: str, body: dict) -> str:
         """The id of the Flow Service item of this kind and name, created if there is none."""
         found = self.flow_items(kind, name)
-        if found:
-            return found[0]["id"]
+        return found[0]["id"] if found else self.create_flow_item(kind, name, body)
+
+    def create_flow_item(self, kind: str, name: str, body: dict) -> str:
+        """Create the Flow Service item (a retried POST that may have been applied is found by name)."""
         flow = self.api.flow
         created = self.sandbox.created(f"{kind} {name!r}", lambda: next(iter(self.flow_items(kind, name)), None),
                                        lambda: flow.connector.postData(f"{flow.endpoint}/{kind}",
