@@ -20,7 +20,7 @@ from aep_assets.lib import names, sql
 from aep_assets.resources.aep.catalog import Catalog
 from aep_assets.resources.aep.http import AEPError, error_text, log
 from aep_assets.resources.aep.sandbox import Sandbox
-from aep_assets.resources.platform import Dataset, existing
+from aep_assets.resources.platform import Dataset
 
 T = TypeVar("T")
 
@@ -127,7 +127,7 @@ class QueryWrites:
                 old = [b.id for b in self.catalog.batches(found, "success")]
                 self.query.submit(f"INSERT INTO {found.table} {select}", f"replace {name}")
                 self.catalog.revert(old)
-                return existing(self.catalog.find_dataset(name), name)
+                return found  # the same dataset: an INSERT changes none of its catalog fields
             log.warning("the columns of %s changed: dropping and recreating it (new dataset id)", name)
             self.query.execute(f"DROP TABLE IF EXISTS {table}")
         self.query.submit(f"CREATE TABLE {table} AS ({select})", f"create {name}")
