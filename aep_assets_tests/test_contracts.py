@@ -111,3 +111,20 @@ def test_a_broken_exchange_fails_the_block(aep_query_service, aep_contracts):
         with fake_aep_platform(aep_query_service, contracts=aep_contracts) as (platform, fake):
             fake.datasets[secrets.token_hex(12)] = {"name": "cmle_profiles", "invented": True}
             platform.find_dataset("cmle_profiles")
+
+
+def test_the_fake_outside_pytest_starts_empty_each_time_and_drops_its_database(embedded_server, aep_contracts):
+    """`with fake_aep_platform() as (platform, fake)`, as the README shows it, twice on the same server: each
+    use creates its datasets anew in a database of its own, removed at the end."""
+    import psycopg
+
+    def fake_databases() -> set[str]:
+        with psycopg.connect(embedded_server.ensure_running().conninfo) as conn:
+            return {row[0] for row in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'aep_fake_%'")}
+
+    before = fake_databases()
+    for _ in range(2):
+        with fake_aep_platform(contracts=aep_contracts) as (platform, fake):
+            assert platform.ensure_dataset(PROFILES).name == PROFILES.name
+            assert len(fake.datasets) == 1
+    assert fake_databases() == before

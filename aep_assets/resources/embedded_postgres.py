@@ -307,6 +307,14 @@ class EmbeddedPostgres:
             log.warning("ended %d process(es) left by a killed server in %s", len(orphans), self.data_dir)
 
     @staticmethod
+    def drop_database(address: ServerAddress) -> None:
+        """Remove a scratch database (a fake Query Service's), ending the connections still open on it."""
+        with psycopg.connect(f"host={address.host} port={address.port} user={SUPERUSER} dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                psycopg.sql.Identifier(address.dbname)))
+
+    @staticmethod
     def _create_database(address: ServerAddress) -> None:
         with psycopg.connect(f"host={address.host} port={address.port} user={SUPERUSER} dbname=postgres",
                              autocommit=True) as conn:

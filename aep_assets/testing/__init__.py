@@ -18,6 +18,7 @@ checked, and `require_contracts=True` makes that an error.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,6 +26,7 @@ import responses
 
 from aep_assets.resources.aep import http
 from aep_assets.resources.aep.platform import AEPPlatform
+from aep_assets.resources.embedded_postgres import EmbeddedPostgres
 from aep_assets.testing.contracts import Contracts, SpecsMissing
 from aep_assets.testing.fake_aep import CLIENT_ID, CLIENT_SECRET, ORG_ID, SANDBOX, SCOPES, TENANT, FakeAEP
 
@@ -57,13 +59,10 @@ def fake_aep_platform(query_service=None, *, contracts: Contracts | None = None,
     """An AEPPlatform wired to a fresh fake platform, and the fake (to inspect calls or inject faults).
 
     `query_service`: a LocalPlatform whose database plays Query Service (default: a new database on the
-    embedded server). `settings` override AEPPlatform fields (poll intervals, retries, ...).
+    embedded server, dropped at the end). `settings` override AEPPlatform fields (poll intervals, retries, ...).
     """
-    from aep_assets.resources.local_platform import LocalPlatform
-
     checks = contracts if contracts is not None else _contracts(require_contracts)
-    server = query_service or LocalPlatform(database="aep_fake_query_service")
-    address = server.address()
+    address = (query_service or scratch_query_service()).address()
     waits: list[float] = []
     original_pause, http.pause = http.pause, waits.append
     platform = AEPPlatformOverPostgres(**fake_credentials(**settings))
@@ -75,9 +74,18 @@ def fake_aep_platform(query_service=None, *, contracts: Contracts | None = None,
     finally:
         http.pause = original_pause
         platform.teardown_after_execution(None)
+        if query_service is None:
+            EmbeddedPostgres.drop_database(address)
     if fake.violations:
         raise ContractViolation("exchanges that break Adobe's API descriptions:\n"
                                 + "\n".join(dict.fromkeys(fake.violations)))
+
+
+def scratch_query_service():
+    """A LocalPlatform on a new database of the embedded server: a fake's Query Service starts empty."""
+    from aep_assets.resources.local_platform import LocalPlatform
+
+    return LocalPlatform(database=f"aep_fake_{secrets.token_hex(4)}")
 
 
 def _contracts(required: bool) -> Contracts | None:

@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import os
-import secrets
 
 import pytest
 
-from aep_assets.testing import fake_aep_platform
+from aep_assets.resources.embedded_postgres import EmbeddedPostgres
+from aep_assets.testing import fake_aep_platform, scratch_query_service
 from aep_assets.testing.contracts import Contracts, SpecsMissing
 
 
@@ -31,9 +31,10 @@ def aep_contracts() -> Contracts:
 
 @pytest.fixture
 def aep_query_service():
-    from aep_assets.resources.local_platform import LocalPlatform
-
-    return LocalPlatform(database=f"aep_fake_{secrets.token_hex(4)}")
+    """The fake's Query Service: a new database of the embedded server, dropped after the test."""
+    server = scratch_query_service()
+    yield server
+    EmbeddedPostgres.drop_database(server.address())
 
 
 @pytest.fixture
