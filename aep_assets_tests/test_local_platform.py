@@ -51,6 +51,14 @@ def test_a_failed_batch_leaves_the_dataset_unchanged(platform, tmp_path):
     assert row_count(platform) == 10
 
 
+def test_an_identity_in_two_files_of_one_batch_fails_the_batch(platform, tmp_path):
+    dataset = platform.ensure_dataset(PROFILES)
+    files = [profiles_file(tmp_path / "a.parquet", range(5)), profiles_file(tmp_path / "b.parquet", range(3, 8))]
+    with pytest.raises(BatchIngestionError, match=r"duplicate 'userid' values across the files \(2 repeated\)"):
+        platform.ingest_batch(dataset, PROFILES, files, idempotency_key="two-files")
+    assert row_count(platform) == 0
+
+
 def test_a_database_error_mid_copy_rolls_back_everything(platform, tmp_path):
     dataset = platform.ensure_dataset(PROFILES)
     # 10 valid rows, then one that violates a constraint added behind the platform's back: the

@@ -8,8 +8,10 @@ local PostgreSQL DDL and the XDM schema in AEP mode.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -147,6 +149,15 @@ def repeated_identities(hashes: list[np.ndarray]) -> int:
     """How many identities repeat an earlier one, over the `identity_hashes` of several files or chunks."""
     joined = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
     return int(joined.size - np.unique(joined).size)
+
+
+def check_unique_across_files(spec: DatasetSpec, hashes: list[np.ndarray], files: Sequence[Path]) -> None:
+    """A BatchValidationError when an identity repeats across a batch's files (`hashes`: the
+    `identity_hashes` of each file), where the dataset wants one record per identity in a batch."""
+    repeated = repeated_identities(hashes)
+    if repeated:
+        raise BatchValidationError(f"batch files {[str(p) for p in files]}: duplicate {spec.identity!r} values "
+                                   f"across the files ({repeated} repeated)")
 
 
 def _identity_problems(identity: pa.ChunkedArray, name: str) -> list[str]:

@@ -18,13 +18,20 @@ from functools import cached_property
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as adbc
+import polars as pl
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, PrivateAttr
 
 from aep_assets.lib import audiences, merge, names, sql
-from aep_assets.lib.datasets import PROPENSITY_SCORES, BatchValidationError, DatasetSpec, conform
+from aep_assets.lib.datasets import (
+    PROPENSITY_SCORES,
+    BatchValidationError,
+    DatasetSpec,
+    check_unique_across_files,
+    identity_hashes,
+)
 from aep_assets.resources.embedded_postgres import EmbeddedPostgres, ServerAddress
 from aep_assets.resources.local_catalog import (
     BATCH_COLUMNS,
@@ -231,9 +238,10 @@ class LocalPlatform(Platform):
     @staticmethod
     def _read_batch_files(spec: DatasetSpec, files: Sequence[Path], batch_id: str) -> pa.Table:
         parts = [conformed_file(path, spec) for path in files]
-        table = pa.concat_tables(parts)
         if spec.unique_identity and len(parts) > 1:
-            table = conform(table, spec, f"batch files {[str(p) for p in files]}")
+            check_unique_across_files(spec, [identity_hashes(pl.from_arrow(p.column(spec.identity))) for p in parts],
+                                      files)
+        table = pa.concat_tables(parts)
         return table.append_column("_acp_batchid", pa.repeat(pa.scalar(batch_id), table.num_rows).cast(pa.string()))
 
     # --- Query Service ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from aep_assets.lib import guardrails, names
-from aep_assets.lib.datasets import BatchValidationError, DatasetSpec, identity_hashes, repeated_identities
+from aep_assets.lib.datasets import BatchValidationError, DatasetSpec, check_unique_across_files, identity_hashes
 from aep_assets.resources.aep import xdm
 from aep_assets.resources.aep.http import error_text, json_headers, log, offset_next, paged
 from aep_assets.resources.aep.sandbox import AEPConfigError, Sandbox
@@ -333,7 +333,4 @@ def validate_files(spec: DatasetSpec, files: Sequence[Path]) -> None:
         if spec.unique_identity and len(files) > 1:
             identities.append(identity_hashes(pl.from_arrow(table.column(spec.identity))))
         del table
-    repeated = repeated_identities(identities)
-    if repeated:
-        raise BatchValidationError(f"batch files {[str(p) for p in files]}: duplicate {spec.identity!r} values "
-                                   f"across the files ({repeated} repeated)")
+    check_unique_across_files(spec, identities, files)
