@@ -109,8 +109,8 @@ class Sandbox:
         """A create call that is never repeated blindly: when Adobe may have acted on it without a definite
         answer (AEPMaybeApplied: a 5xx, a read timeout), what it would have created is looked up (by name,
         tag or key) and taken if it is there; only if it is not is the call made again."""
-        attempts = self.config.http_attempts
-        for attempt in range(1, attempts + 1):
+        policy = self.api.session.policy  # the same attempts and backoff as every other retried call
+        for attempt in range(1, policy.attempts + 1):
             try:
                 return create()
             except AEPMaybeApplied as error:
@@ -118,9 +118,9 @@ class Sandbox:
                 if found is not None:
                     log.warning("%s: the platform had acted on the unanswered request; using what it created", what)
                     return found
-                if attempt == attempts:
+                if attempt == policy.attempts:
                     raise
-                delay = self.config.http_backoff_seconds * 2 ** (attempt - 1)
+                delay = policy.delay(attempt - 1, None)
                 log.warning("%s: %s; nothing was created, trying again in %.1f s", what, error, delay)
                 http.pause(delay)
         raise AssertionError("unreachable")
