@@ -33,25 +33,17 @@ class TreeMemorySampler(threading.Thread):
         self._me = psutil.Process()
         self._postmaster_pid = -1
 
-    def _processes(self) -> list[psutil.Process]:
+    def _processes(self) -> tuple[list[psutil.Process], set[int]]:
+        """This process and its children, then the server's processes; and the server's pids (one walk)."""
         processes = [self._me, *self._me.children(recursive=True)]
         try:
             postmaster = int((self.pg_data_dir / "postmaster.pid").read_text().split()[0])
             server = psutil.Process(postmaster)
             self._postmaster_pid = postmaster
-            processes += [server, *server.children(recursive=True)]
+            server_processes = [server, *server.children(recursive=True)]
         except (OSError, ValueError, IndexError, psutil.Error):
-            pass  # not started yet, or stopping
-        return processes
-
-    def _server_pids(self) -> set[int]:
-        if self._postmaster_pid < 0:
-            return set()
-        try:
-            server = psutil.Process(self._postmaster_pid)
-            return {server.pid, *(child.pid for child in server.children(recursive=True))}
-        except psutil.Error:
-            return set()
+            return processes, set()  # not started yet, or stopping
+        return processes + server_processes, {process.pid for process in server_processes}
 
     def python_peak(self, start: float = 0.0, end: float = float("inf")) -> float:
         """Peak PSS (MB) of this process and its children, the PostgreSQL server left out."""
@@ -62,8 +54,7 @@ class TreeMemorySampler(threading.Thread):
         rss = pss = python_pss = 0
         cpu = 0.0
         seen = set()
-        processes = self._processes()  # first: it finds the postmaster
-        server = self._server_pids()
+        processes, server = self._processes()
         for process in processes:
             if process.pid in seen:
                 continue
