@@ -13,11 +13,10 @@ import pytest
 from aep_assets.lib.datasets import PROFILES
 from aep_assets.resources.platform import Platform
 from aep_assets.testing import ContractViolation, contracts, fake_aep_platform
-from aep_assets.testing.contracts import Contracts, SpecsMissing
+from aep_assets.testing.contracts import GATEWAY, Contracts, SpecsMissing
 from aep_assets.testing.exchange import Exchange
 from aep_assets.testing.fake_aep import CLIENT_ID, ORG_ID, SANDBOX
 
-GATEWAY = "https://platform.adobe.io"
 HEADERS = {"Authorization": "Bearer t", "x-api-key": CLIENT_ID, "x-gw-ims-org-id": ORG_ID,
            "x-sandbox-name": SANDBOX}
 SEGMENT = {"id": "s1", "expression": {"type": "PQL", "format": "pql/text", "value": "true"},

@@ -28,11 +28,12 @@ import yaml
 from jsonschema_path import SchemaPath
 from openapi_core import Config, OpenAPI
 
+from aep_assets.resources.aep import http
 from aep_assets.settings import REPO_ROOT
 from aep_assets.testing import overrides, schema_checks
 from aep_assets.testing.exchange import Exchange
 
-GATEWAY = "https://platform.adobe.io"
+GATEWAY = http.gateway_url("prod")
 # base path of each service on the gateway -> its description (flow service: the destinations view first,
 # where the dataset-export flows are described, then the sources view)
 SERVICES = (

@@ -10,9 +10,10 @@ from urllib.parse import parse_qs
 
 import jsonschema
 
+from aep_assets.resources.aep import http
 from aep_assets.testing.exchange import Exchange
 
-IMS_TOKEN_URL = "https://ims-na1.adobelogin.com/ims/token/v3"
+IMS_TOKEN_URL = http.ims_token_url("prod")
 ADHOC_RUN_PATH = "/data/core/activation/disflowprovider/adhocrun"
 ADHOC_DATASET_ACCEPT = "application/vnd.adobe.adhoc.dataset.activation+json; version=1"
 

@@ -54,6 +54,11 @@ def ims_url(environment: str) -> str:
     return "https://ims-na1.adobelogin.com" if environment == "prod" else "https://ims-na1-stg1.adobelogin.com"
 
 
+def ims_token_url(environment: str) -> str:
+    """Where OAuth server-to-server credentials get an access token."""
+    return f"{ims_url(environment)}/ims/token/v3"
+
+
 class Redactor:
     """Replaces every registered secret (client secret, tokens, S3 keys) in text with `***`."""
 
@@ -136,7 +141,7 @@ class TokenProvider:
 
     def __init__(self, environment: str, client_id: str, client_secret: str, scopes: str,
                  redact: Redactor, policy: RetryPolicy, timeout: float = 60.0):
-        self.url = f"{ims_url(environment)}/ims/token/v3"
+        self.url = ims_token_url(environment)
         self._form = {"grant_type": "client_credentials", "client_id": client_id,
                       "client_secret": client_secret, "scope": scopes.replace(" ", "")}
         self._redact = redact

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import uuid
 
-GATEWAY = "https://platform.adobe.io"
-IMS_TOKEN_URL = "https://ims-na1.adobelogin.com/ims/token/v3"
+from aep_assets.resources.aep import http
+
+GATEWAY = http.gateway_url("prod")
+IMS_TOKEN_URL = http.ims_token_url("prod")
 
 ORG_ID = "FAKE0RG0000000000000000@AdobeOrg"
 CLIENT_ID = "fake-client-id-4c1e"
