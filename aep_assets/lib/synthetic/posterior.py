@@ -24,9 +24,8 @@ class Past:
     """What is observable at the cutoff, per active user (indexed by rank among active users)."""
 
     def __init__(self, clock: Clock, user, code, time_us, level, active: np.ndarray):
-        keep = active[user]
-        user, code, level = user[keep], code[keep], level[keep]
-        hours = time_us[keep] / US_PER_HOUR
+        """`user`, `code`, `time_us`, `level`: the events before the cutoff of the active users only."""
+        hours = time_us / US_PER_HOUR
         self.users = np.flatnonzero(active)
         rank_of = np.cumsum(active) - 1
         rank = rank_of[user]
@@ -37,7 +36,7 @@ class Past:
             last = np.r_[rank[1:] != rank[:-1], True]
             self.level[rank[last]] = level[last]
         # draws in the last minute before the cutoff: their form, if any, lands after it
-        pending = DRAWING[code] & (time_us[keep] >= clock.cutoff_us - CONVERSION_DELAY_US)
+        pending = DRAWING[code] & (time_us >= clock.cutoff_us - CONVERSION_DELAY_US)
         self.pending_log = np.bincount(rank[pending], weights=np.log1p(-level[pending] / P1), minlength=na)
         self.count, self.total, self.earliest, self.rows = {}, {}, {}, {}
         for c in range(len(NAMES)):
