@@ -23,13 +23,16 @@ def land_files(context: dg.AssetExecutionContext, platform: Platform, spec: Data
 
     def land(path):
         before = time.monotonic()
-        batch = platform.ingest_batch(dataset, spec, [path], idempotency_key=file_digest(path))
+        batch = platform.ingest_batch(dataset, spec, [path], idempotency_key=file_digest(path),
+                                      refresh_statistics=False)
         context.log.info(f"{spec.name}: {path.name} -> batch {batch.id}: {batch.record_count} records in "
                          f"{time.monotonic() - before:.1f} s")
         return {"file": path.name, "batch_id": batch.id, "records": batch.record_count}
 
     with ThreadPoolExecutor(platform.concurrent_ingestions) as pool:
         batches = list(pool.map(land, files))
+    # once for the whole load, not after each batch: each ANALYZE samples the whole table again
+    platform.refresh_statistics(dataset)
     seconds = time.monotonic() - started
     landed_rows = sum(b["records"] or 0 for b in batches)
     sample = platform.query(platform.render("dataset_preview", table=Identifier(dataset.table)))

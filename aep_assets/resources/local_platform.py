@@ -181,7 +181,7 @@ class LocalPlatform(Platform):
 
     # --- ingestion ----------------------------------------------------------------------------
     def ingest_batch(self, dataset: Dataset, spec: DatasetSpec, files: Sequence[Path], *,
-                     idempotency_key: str) -> Batch:
+                     idempotency_key: str, refresh_statistics: bool = True) -> Batch:
         if not files:
             raise BatchIngestionError(f"batch for dataset {dataset.name} has no files")
         with self.connect() as guard:
@@ -228,12 +228,16 @@ class LocalPlatform(Platform):
             # joins depend on them), once a batch adds a tenth of the rows last analyzed, autovacuum's threshold.
             # A merged dataset is read through its merged table, by plain scans: nothing to plan.
             landed = batch_row(guard, batch_id)
-            if not spec.merged:
+            if refresh_statistics and not spec.merged:
                 analyzed_rows = guard.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
                                               (names.quoted(dataset.table),)).fetchone()[0]
                 if (landed.record_count or 0) * 10 >= analyzed_rows:
                     guard.execute(f"ANALYZE {names.quoted(dataset.table)}")
         return landed
+
+    def refresh_statistics(self, dataset: Dataset) -> None:
+        with self.connect() as conn:
+            conn.execute(f"ANALYZE {names.quoted(dataset.table)}")
 
     @staticmethod
     def _read_batch_files(spec: DatasetSpec, files: Sequence[Path], batch_id: str) -> pa.Table:

@@ -81,11 +81,15 @@ class Platform(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def ingest_batch(self, dataset: Dataset, spec: DatasetSpec, files: Sequence[Path], *,
-                     idempotency_key: str) -> Batch:
+                     idempotency_key: str, refresh_statistics: bool = True) -> Batch:
         """Land parquet files as one batch: whole and `success`, or absent and `failed`.
 
-        A successful batch with the same idempotency key makes this a no-op returning it.
+        A successful batch with the same idempotency key makes this a no-op returning it. A caller landing
+        many batches at once passes refresh_statistics=False and calls `refresh_statistics` after the last.
         """
+
+    def refresh_statistics(self, dataset: Dataset) -> None:
+        """Planner statistics of the dataset brought up to date (a platform that keeps its own: nothing)."""
 
     @abstractmethod
     def completed_batches(self, dataset: Dataset, *, completed_after_ms: int = 0, limit: int | None = None

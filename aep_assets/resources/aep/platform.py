@@ -140,9 +140,10 @@ class AEPPlatform(Platform):
         return self.services().catalog.find_dataset(name)
 
     def ingest_batch(self, dataset: Dataset, spec: DatasetSpec, files: Sequence[Path], *,
-                     idempotency_key: str) -> Batch:
+                     idempotency_key: str, refresh_statistics: bool = True) -> Batch:
         """Every file is checked (one at a time) before the first call, then reshaped into XDM and uploaded
-        one at a time: memory stays at one file, whatever the batch holds."""
+        one at a time: memory stays at one file, whatever the batch holds. Query Service keeps its own
+        statistics: `refresh_statistics` has nothing to ask for."""
         return self.services().catalog.ingest_batch(dataset, spec, files, idempotency_key=idempotency_key)
 
     def completed_batches(self, dataset: Dataset, *, completed_after_ms: int = 0, limit: int | None = None
