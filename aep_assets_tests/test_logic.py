@@ -177,3 +177,29 @@ def test_every_way_an_identity_can_be_missing_is_named(userid, message):
 def test_a_batch_without_the_identity_column_names_it():
     with pytest.raises(BatchValidationError, match=r"missing column\(s\) \['userid'\]"):
         conform(profile_rows(pa.array(["a"])).drop_columns(["userid"]), PROFILES, "file p.parquet")
+
+
+def test_the_search_starts_from_the_champion_and_halves_its_candidates_on_twice_the_rows():
+    from aep_assets.lib import modeling
+
+    settings = modeling.TrainingSettings(max_trials=4)
+    champion = modeling.build_estimator("hist_gradient_boosting", {"learning_rate": 0.2, "max_leaf_nodes": 15,
+                                                                   "min_samples_leaf": 50, "l2_regularization": 1.0}, 0)
+    start = modeling.starting_params(champion, "hist_gradient_boosting")
+    assert start == {"learning_rate": 0.2, "max_leaf_nodes": 15, "min_samples_leaf": 50, "l2_regularization": 1.0}
+    assert modeling.starting_params(champion, "logistic_regression") is None
+    assert modeling.starting_params(modeling.build_estimator("logistic_regression", {"C": 10.0}, 0),
+                                    "logistic_regression") == {"C": 10.0}
+    settings_list = modeling.candidates(settings, start)
+    assert settings_list[0] == start and len(settings_list) == 4
+    assert all(a != b for i, a in enumerate(settings_list) for b in settings_list[i + 1:])
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20_000, 3))
+    y = (x[:, 0] + rng.normal(size=len(x)) > 1.5).astype(np.int8)
+    split = [x[:16_000], x[16_000:], y[:16_000], y[16_000:]]
+    trials, winner = modeling.successive_halving(settings_list, split, settings, deadline=float("inf"))
+    assert [(t["rung"], t["rows"]) for t in trials] == [(0, 4000)] * 4 + [(1, 8000)] * 2
+    first = sorted(trials[:4], key=lambda t: -t["validation_auc"])
+    assert [t["params"] for t in trials[4:]] == [first[0]["params"], first[1]["params"]]
+    assert winner is max(trials[4:], key=lambda t: t["validation_auc"])

@@ -101,7 +101,7 @@ def probe_export(platform, table: str, scratch: Path) -> dict:
     return {"seconds": parts["fetch_s"] + parts["write_gzip1_s"], "rows": data.num_rows, **parts}
 
 
-def probe_training(storage, platform, trials: list[dict]) -> dict:
+def probe_training(storage, platform, params: dict) -> dict:
     """One fit of the chosen hyperparameters on the same training rows, data already in memory."""
     import polars as pl
 
@@ -119,15 +119,14 @@ def probe_training(storage, platform, trials: list[dict]) -> dict:
     y = frame[LABEL_COLUMN].to_numpy().astype(np.int8)
     test = holdout.is_held_out(frame[ID_COLUMN])  # the product's split (by profile id hash)
     x_train, y_train = x[~test], y[~test]
-    best = max(trials, key=lambda t: t["validation_auc"])["params"] if trials else {}
-    estimator = modeling.build_estimator("hist_gradient_boosting", best, 42)
+    estimator = modeling.build_estimator("hist_gradient_boosting", params, 42)
     with timed(parts, "fit_s"):
         estimator.fit(x_train, y_train)
     # sklearn's OpenMP threads busy-wait: with another process on one of the 2 cores a 2-thread fit can be
     # 10x slower than a 1-thread one, so the limit is the better of the two
     with threadpool_limits(1), timed(parts, "fit_one_thread_s"):
         estimator.fit(x_train, y_train)
-    return {"seconds": min(parts["fit_s"], parts["fit_one_thread_s"]), "rows": len(y_train), "params": best,
+    return {"seconds": min(parts["fit_s"], parts["fit_one_thread_s"]), "rows": len(y_train), "params": params,
             "iterations": int(getattr(estimator, "n_iter_", 0)), **parts}
 
 
@@ -288,7 +287,7 @@ def probe_plan(defs, instance, home: Path) -> dict[str, tuple]:
                                         datetime.fromisoformat(latest_metadata(instance, "scoring_features")["as_of"]),
                                         instance.get_dynamic_partitions("profile_batches"))
     score_files = [Path(storage.uri(key)) for key in storage.list_keys("cmle/ingress") if key.endswith(".parquet")]
-    trials = latest_metadata(instance, "propensity_model").get("trials", [])
+    params = latest_metadata(instance, "propensity_model").get("params", {})  # the winner of the search
     return {
         "generation": (probe_generation, folder.files("profiles"), folder.files("events"), scratch),
         "ingestion": (probe_ingestion, platform, events.table, profiles.table, folder),
@@ -296,7 +295,7 @@ def probe_plan(defs, instance, home: Path) -> dict[str, tuple]:
                                                                     window)),
         "eda": (probe_eda, platform),
         "export": (probe_export, platform, platform.find_dataset_or_fail(TRAINING_DATASET).table, scratch),
-        "training": (probe_training, storage, platform, trials),
+        "training": (probe_training, storage, platform, params),
         "scoring_features": (probe_ctas, platform, all_profiles),
         "scoring": (probe_scoring, platform, tracking, scratch),
         "scores_ingestion": (copy_files_unlogged, platform, scores.table, score_files),

@@ -27,7 +27,8 @@ class ModelConfig(dg.Config):
                            description="hist_gradient_boosting | random_forest | logistic_regression")
     seed: int = 42
     max_trials: int = Field(default=modeling.TrainingSettings.max_trials,
-                            description="Random-search trials (trial 0: library defaults).")
+                            description="Candidate settings of the successive-halving search: the champion's, "
+                                        "the library defaults, then seeded random draws.")
     time_budget_seconds: float = Field(default=120.0, description="Search stops after this, whatever the trials.")
     auc_floor: float = Field(default=0.70, description="Gate: minimum test ROC AUC.")
     max_oracle_gap: float = Field(default=0.02, description="Gate: oracle AUC minus model AUC at most this.")
@@ -61,8 +62,10 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
     manifest = storage.latest_complete(export_parent(platform.find_dataset_or_fail(TRAINING_DATASET)))
     frame = modeling.in_profile_order(storage.read_frame(manifest))
     context.log.info(f"training from {storage.uri(manifest.prefix)}: {frame.height} rows")
+    champion = mlflow_tracking.load_champion()
     started = time.monotonic()
-    model = modeling.train(frame, config.training())
+    model = modeling.train(frame, config.training(),
+                           start=champion and modeling.starting_params(champion.estimator, config.algorithm))
     train_seconds = time.monotonic() - started
     scores = model.estimator.predict_proba(model.x_test)[:, 1]
     oracle = modeling.oracle_on(source_folder().truth(), model.test_ids, model.y_test)
@@ -70,7 +73,6 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
     evaluation = modeling.evaluate(model.y_test, scores,
                                    oracle=None if oracle is None else (model.y_test[known], oracle[known]))
     importance, importance_png = modeling.importance(model)
-    champion = mlflow_tracking.load_champion()
     champion_scores = champion.scores_on(model.x_test, model.features) if champion else None
     gate = evaluate_gate(model.y_test, scores, config.gate(), oracle=oracle, champion=champion_scores)
 
@@ -102,6 +104,7 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
         "mlflow_run": mlflow_tracking.run_link(run_id), "mlflow_run_id": run_id,
         "training_export": dg.MetadataValue.path(storage.uri(manifest.prefix)),
         "train_seconds": round(train_seconds, 1), "trials": dg.MetadataValue.json(model.trials),
+        "params": dg.MetadataValue.json(model.params),
         "feature_importance": table(importance), **row_count(frame.height)})
     yield from _check_results(gate)
 

@@ -50,6 +50,7 @@ SKOPS_TRUSTED_TYPES: dict[str, list[str]] = {
 
 
 SEARCH_ROWS = 250_000
+MIN_RUNG_ROWS = 2_000
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,19 @@ def in_profile_order(frame: pl.DataFrame) -> pl.DataFrame:
     return frame if frame[ID_COLUMN].is_sorted() else frame.sort(ID_COLUMN)
 
 
-def train(frame: pl.DataFrame, settings: TrainingSettings) -> TrainedModel:
-    """Split by profile id, bounded random search on a validation split, refit on all training rows."""
+def starting_params(estimator, algorithm: Algorithm) -> dict | None:
+    """The searched settings of a trained model (the champion) when it is of `algorithm`: the search's first
+    candidate, so a retraining on similar data starts from what won last time."""
+    if type(estimator) is not type(build_estimator(algorithm, {}, 0)):
+        return None
+    names = set(_first_trial(algorithm))
+    found = {k.rsplit("__", 1)[-1]: v for k, v in estimator.get_params().items() if k.rsplit("__", 1)[-1] in names}
+    return found if found.keys() == names else None
+
+
+def train(frame: pl.DataFrame, settings: TrainingSettings, start: dict | None = None) -> TrainedModel:
+    """Split by profile id, successive-halving search on a validation split, refit on all training rows.
+    `start`: settings to try first (the champion's), before the library defaults and random ones."""
     frame = in_profile_order(frame)
     features = feature_columns(frame.columns)
     labels = frame[LABEL_COLUMN].to_numpy().astype(np.int8)
@@ -149,27 +161,61 @@ def train(frame: pl.DataFrame, settings: TrainingSettings) -> TrainedModel:
     # The search compares settings on at most SEARCH_ROWS rows: trials on every row of a large population
     # would dominate the step (docs/performance.md). The final fit uses all training rows.
     search_rows = min(len(y_train), SEARCH_ROWS)
-    x_fit, x_val, y_fit, y_val = train_test_split(
-        x_train, y_train, train_size=int(search_rows * 0.8), test_size=search_rows - int(search_rows * 0.8),
-        stratify=y_train, random_state=settings.seed + 1)
-
-    rng = np.random.default_rng(settings.seed)
-    trials: list[dict] = []
+    split = train_test_split(x_train, y_train, train_size=int(search_rows * 0.8),
+                             test_size=search_rows - int(search_rows * 0.8), stratify=y_train,
+                             random_state=settings.seed + 1)
     started = time.monotonic()
-    candidates = [_first_trial(settings.algorithm)]
-    while len(trials) < settings.max_trials and time.monotonic() - started < settings.time_budget_s:
-        params = candidates.pop() if candidates else _search_space(settings.algorithm, rng)
-        if any(t["params"] == params for t in trials):
-            continue
-        trial_start = time.monotonic()
-        estimator = build_estimator(settings.algorithm, params, settings.seed).fit(x_fit, y_fit)
-        auc = roc_auc_score(y_val, estimator.predict_proba(x_val)[:, 1])
-        trials.append({"params": params, "validation_auc": float(auc),
-                       "seconds": round(time.monotonic() - trial_start, 2)})
-    best = max(trials, key=lambda t: t["validation_auc"])
+    trials, best = successive_halving(candidates(settings, start), split, settings,
+                                      started + settings.time_budget_s)
     estimator = build_estimator(settings.algorithm, best["params"], settings.seed).fit(x_train, y_train)
     return TrainedModel(estimator, features, best["params"], trials, time.monotonic() - started,
                         len(y_train), ids_test, x_test, y_test)
+
+
+def candidates(settings: TrainingSettings, start: dict | None) -> list[dict]:
+    """`max_trials` distinct settings: `start` (when given), the library defaults, then seeded random draws."""
+    rng = np.random.default_rng(settings.seed)
+    found: list[dict] = []
+    for params in ([start] if start else []) + [_first_trial(settings.algorithm)]:
+        if params not in found and len(found) < settings.max_trials:
+            found.append(params)
+    for _ in range(100 * settings.max_trials):  # the space may hold fewer distinct settings than asked for
+        if len(found) >= settings.max_trials:
+            break
+        params = _search_space(settings.algorithm, rng)
+        if params not in found:
+            found.append(params)
+    return found
+
+
+def successive_halving(settings_list: list[dict], split: list[np.ndarray], settings: TrainingSettings,
+                       deadline: float) -> tuple[list[dict], dict]:
+    """Every candidate fitted on a small share of the search rows, the better half on twice as many, and so
+    on until two remain, whose better one wins (Jamieson and Talwalkar, 2016): the budget goes to settings
+    that look good. With k candidates it costs about log2(k) / 2 fits on all search rows, against k for
+    trying each on all of them. Returns every trial in the order run, and the winner's."""
+    x_fit, x_val, y_fit, y_val = split
+    rungs = max(1, int(np.ceil(np.log2(len(settings_list)))))
+    trials: list[dict] = []
+    survivors = settings_list
+    for rung in range(rungs):
+        # a prefix of the shuffled, stratified search rows; never so few that a trial sees a handful of positives
+        rows = min(len(y_fit), max(len(y_fit) >> (rungs - rung), MIN_RUNG_ROWS))
+        scored = []
+        for params in survivors:
+            if scored and time.monotonic() > deadline:
+                break
+            trial_start = time.monotonic()
+            estimator = build_estimator(settings.algorithm, params, settings.seed).fit(x_fit[:rows], y_fit[:rows])
+            auc = float(roc_auc_score(y_val, estimator.predict_proba(x_val)[:, 1]))
+            scored.append({"params": params, "rung": rung, "rows": rows, "validation_auc": auc,
+                           "seconds": round(time.monotonic() - trial_start, 2)})
+        trials.extend(scored)
+        ranked = sorted(scored, key=lambda t: -t["validation_auc"])  # stable: a tie keeps the earlier candidate
+        survivors = [t["params"] for t in ranked[:max(1, len(ranked) // 2)]]
+        if time.monotonic() > deadline:
+            break
+    return trials, ranked[0]
 
 
 def decile_table(y_true: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
