@@ -10,6 +10,9 @@ from aep_assets.metadata import partition_range_tags
 from aep_assets.resources.platform import Platform
 
 MAX_BATCHES_PER_TICK = 5
+# The daemon evaluates sensors at most every 5 s whatever is asked: this is the soonest a landed batch is
+# noticed. One catalog listing per tick (a single GET in AEP mode).
+NEW_BATCH_INTERVAL_SECONDS = 5
 
 
 def all_batches_request(instance: dg.DagsterInstance, run_key: str | None) -> dg.RunRequest | dg.SkipReason:
@@ -20,7 +23,7 @@ def all_batches_request(instance: dg.DagsterInstance, run_key: str | None) -> dg
     return dg.RunRequest(run_key=run_key, tags=partition_range_tags(keys[0], keys[-1]))
 
 
-@dg.sensor(job=rescore_profile_batch_job, minimum_interval_seconds=15,
+@dg.sensor(job=rescore_profile_batch_job, minimum_interval_seconds=NEW_BATCH_INTERVAL_SECONDS,
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Watches the platform catalog: each new successful batch of the profile dataset gets a "
                        "partition and a rescore run (run_key = batch id); failed batches are skipped, at most "
