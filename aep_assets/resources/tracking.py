@@ -24,6 +24,7 @@ from pydantic import Field, PrivateAttr
 
 from aep_assets.lib import modeling
 from aep_assets.lib.features import feature_columns
+from aep_assets.resources.mlflow_store import ensure_sqlite_store
 from aep_assets.settings import assets_home
 
 CHAMPION = "champion"
@@ -80,7 +81,7 @@ class MlflowTracking(dg.ConfigurableResource):
 
         uri = self.store_uri()
         if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            ensure_sqlite_store(Path(uri.removeprefix("sqlite:///")))
         mlflow.set_tracking_uri(uri)  # every call: another resource in this process may have pointed it elsewhere
         mlflow.set_registry_uri(uri)
         if self._experiment_id is None:  # one lookup per resource instance, not one per registry call
