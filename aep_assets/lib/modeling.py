@@ -49,7 +49,7 @@ SKOPS_TRUSTED_TYPES: dict[str, list[str]] = {
 }
 
 
-SEARCH_ROWS = 250_000
+SEARCH_ROWS = 100_000
 MIN_RUNG_ROWS = 2_000
 
 
