@@ -83,7 +83,10 @@ def test_a_fresh_process_scores_without_importing_mlflow(tracking, home):
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [version, []]
 
 
-def test_only_a_local_sqlite_store_has_copies():
+def test_only_a_local_sqlite_store_has_copies(tmp_path, monkeypatch):
     assert champion_copy.sqlite_file("sqlite:////srv/mlflow/mlflow.db").name == "mlflow.db"
+    monkeypatch.chdir(tmp_path)  # a relative sqlite path, as MLflow allows, to a store without MLflow's tables
+    (tmp_path / "mlflow.db").touch()
+    assert champion_copy.aliased_version(champion_copy.sqlite_file("sqlite:///mlflow.db"), "m", CHAMPION) is None
     for remote in ("http://mlflow:5000", "databricks", "postgresql://mlflow@db/mlflow"):
         assert champion_copy.sqlite_file(remote) is None

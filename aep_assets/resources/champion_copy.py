@@ -68,7 +68,7 @@ def aliased_version(store: Path, model_name: str, alias: str) -> AliasedVersion 
     if not store.exists():
         return None
     try:
-        with closing(sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True)) as conn:
+        with closing(sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True)) as conn:
             rows = conn.execute(ALIAS_AND_TAGS, (model_name, alias)).fetchall()
     except sqlite3.Error:
         return None
