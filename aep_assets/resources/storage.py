@@ -346,7 +346,7 @@ class S3Storage(Storage):
     def _client(self):
         """One boto3 client per resource instance: building one is slow."""
         if self._cached_client is None:
-            from dagster_aws.s3 import S3Resource  # boto3: a second to import, only where storage is S3
+            from dagster_aws.s3 import S3Resource  # with boto3, 0.65 s to import: only where storage is S3
 
             self._cached_client = S3Resource(
                 region_name=self.region_name,
