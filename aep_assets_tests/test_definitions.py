@@ -49,3 +49,20 @@ def test_the_definitions_match_their_snapshot(tmp_path, monkeypatch):
         SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
         pytest.skip(f"snapshot rewritten: {SNAPSHOT}")
     assert current == json.loads(SNAPSHOT.read_text())
+
+
+# Imported by a step that needs them, never with the code location: every run process, the UI and the
+# daemon import it, and a sensor-launched rescore of a 10k batch has about 4 s in all (docs/performance.md).
+NOT_IMPORTED_WITH_THE_CODE_LOCATION = ("mlflow", "skops", "sklearn", "scipy.stats", "matplotlib", "boto3", "botocore",
+                                       "dagster_aws", "faker", "dagster_k8s", "aepp", "aep_assets.resources.aep")
+
+
+def test_importing_the_code_location_leaves_the_heavy_libraries_to_the_steps(tmp_path):
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("AEP_ASSETS_ENV", "AEP_ASSETS_S3_BUCKET", "AEP_ASSETS_EXECUTOR")}
+    probe = ("import json, sys; import aep_assets.definitions; "
+             f"print(json.dumps([m for m in {list(NOT_IMPORTED_WITH_THE_CODE_LOCATION)!r} if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", probe], env={**env, "AEP_ASSETS_HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -30,7 +30,8 @@ timestamps), never rounded: a probe that takes 3 ms is 0.003..., not 0.0. Only t
 
 Modules (run as scripts, bench/ is on sys.path, so they import each other by bare name): this one runs
 the pipeline and assembles the result; `sampler` samples memory and CPU; `probes` (with
-`generation_probe`) measures the limits; `report` renders the table.
+`generation_probe`) measures the limits; `cold_rescore` times a rescore in a fresh process; `report` renders
+the table.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cold_rescore import rescore_in_fresh_process
 from probes import LIMIT_DESCRIPTIONS, run_probes
 from report import render_table
 from sampler import TreeMemorySampler
@@ -285,22 +287,11 @@ def run_incremental(defs, instance, batch_profiles: int, sampler: TreeMemorySamp
     rss, pss = sampler.peak(started, started + rescore_s)
     # The same rescore as the sensor's run would do it: a fresh process that imports everything first
     # (the daemon launches each run in its own process). Same partition again: the same work.
-    started = time.time()
-    subprocess.run([sys.executable, "-c", COLD_RESCORE, key], env=os.environ, check=True, capture_output=True)
-    cold_s = time.time() - started
+    cold = rescore_in_fresh_process(key)
     return {"profiles": batch_profiles, "partition_key": key, "land_s": land_s,
             "rescore_s": rescore_s, "steps": per_step, "outside_steps_s": rescore_s - sum(per_step.values()),
-            "peak_rss_mb": round(rss), "peak_pss_mb": round(pss), "rescore_fresh_process_s": cold_s}
-
-
-COLD_RESCORE = """
-import sys
-import dagster as dg
-from aep_assets.definitions import build_definitions
-with dg.DagsterInstance.get() as instance:
-    build_definitions().resolve_job_def("rescore_profile_batch_job").execute_in_process(
-        instance=instance, partition_key=sys.argv[1], raise_on_error=True)
-"""
+            "peak_rss_mb": round(rss), "peak_pss_mb": round(pss), "rescore_fresh_process_s": cold["wall_s"],
+            "rescore_fresh_process_phases": cold}
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import time
 import dagster as dg
 import numpy as np
 from pydantic import Field
-from sklearn.metrics import roc_auc_score
 
 from aep_assets.lib import modeling
 from aep_assets.lib.datasets import TRAINING_DATASET
@@ -124,6 +123,8 @@ def _evaluation_metadata(evaluation: modeling.Evaluation, importance_png: bytes)
 
 
 def _auc_or(scores: np.ndarray | None, labels: np.ndarray, missing: str) -> float | str:
+    from sklearn.metrics import roc_auc_score
+
     return round(float(roc_auc_score(labels, scores)), 4) if scores is not None else missing
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,8 @@ def delong(labels: np.ndarray, scorers: np.ndarray) -> tuple[np.ndarray, np.ndar
     m, n = positives.shape[1], negatives.shape[1]
     if m < 2 or n < 2:
         raise ValueError(f"need at least two positives and two negatives, got {m} and {n}")
+    from scipy.stats import rankdata  # scipy.stats: a slow import, only where a model is trained
+
     ranks = rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
     within_positives, within_negatives = rankdata(positives, axis=1), rankdata(negatives, axis=1)
     aucs = (ranks[:, :m].sum(axis=1) / m - (m + 1) / 2) / n

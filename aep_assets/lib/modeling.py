@@ -1,5 +1,9 @@
 """Propensity model training and evaluation: pure scikit-learn on Arrow/polars, no Dagster.
 
+scikit-learn is imported where a model is built or evaluated, not with this module: scoring needs only
+`predict` and `deciles_of`, and a fresh process that rescores a batch should not pay for the training
+side of the library (docs/performance.md).
+
 The default is HistGradientBoostingClassifier: it takes missing recencies (never happened) as
 they are, and trains in seconds. The reference's RandomForest and a logistic
 regression baseline are selectable. Hyperparameters come from a seeded random search that stops
@@ -17,21 +21,6 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.inspection import permutation_importance
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    log_loss,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from aep_assets.lib import plots
 from aep_assets.lib.features import ID_COLUMN, LABEL_COLUMN, feature_columns
@@ -119,10 +108,19 @@ def _first_trial(algorithm: Algorithm) -> dict:
 
 def build_estimator(algorithm: Algorithm, params: dict, seed: int):
     if algorithm == "hist_gradient_boosting":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
         return HistGradientBoostingClassifier(max_iter=500, early_stopping=True, validation_fraction=0.15,
                                               n_iter_no_change=20, random_state=seed, **params)
     if algorithm == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
         return RandomForestClassifier(n_jobs=2, random_state=seed, **params)
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     return make_pipeline(SimpleImputer(strategy="constant", fill_value=1e6, add_indicator=True),
                          StandardScaler(), LogisticRegression(max_iter=1000, **params))
 
@@ -146,6 +144,8 @@ def starting_params(estimator, algorithm: Algorithm) -> dict | None:
 def train(frame: pl.DataFrame, settings: TrainingSettings, start: dict | None = None) -> TrainedModel:
     """Split by profile id, successive-halving search on a validation split, refit on all training rows.
     `start`: settings to try first (the champion's), before the library defaults and random ones."""
+    from sklearn.model_selection import train_test_split
+
     frame = in_profile_order(frame)
     features = feature_columns(frame.columns)
     labels = frame[LABEL_COLUMN].to_numpy().astype(np.int8)
@@ -194,6 +194,8 @@ def successive_halving(settings_list: list[dict], split: list[np.ndarray], setti
     on until two remain, whose better one wins (Jamieson and Talwalkar, 2016): the budget goes to settings
     that look good. With k candidates it costs about log2(k) / 2 fits on all search rows, against k for
     trying each on all of them. Returns every trial in the order run, and the winner's."""
+    from sklearn.metrics import roc_auc_score
+
     x_fit, x_val, y_fit, y_val = split
     rungs = max(1, int(np.ceil(np.log2(len(settings_list)))))
     trials: list[dict] = []
@@ -236,6 +238,15 @@ def decile_table(y_true: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
 def evaluate(y_true: np.ndarray, scores: np.ndarray, *, oracle: tuple[np.ndarray, np.ndarray] | None = None
              ) -> Evaluation:
     """Test-set metrics and plots; `oracle` = (labels, ground-truth probabilities) on the same rows."""
+    from sklearn.metrics import (
+        average_precision_score,
+        brier_score_loss,
+        log_loss,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+    )
+
     clipped = np.clip(scores, 1e-7, 1 - 1e-7)
     result = Evaluation(
         roc_auc=float(roc_auc_score(y_true, scores)), pr_auc=float(average_precision_score(y_true, scores)),
@@ -275,6 +286,8 @@ def importance(model: TrainedModel, max_rows: int = 5_000) -> tuple[pl.DataFrame
 
     It costs (features x repeats) predictions, more than the training itself on every test row; the
     smaller sample is noisier for weak features, which the chart shows as near-zero bars either way."""
+    from sklearn.inspection import permutation_importance
+
     rows = min(max_rows, len(model.y_test))
     result = permutation_importance(model.estimator, model.x_test[:rows], model.y_test[:rows],
                                     scoring="roc_auc", n_repeats=2, random_state=0, n_jobs=1)

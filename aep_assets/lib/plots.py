@@ -1,21 +1,32 @@
-"""Plots as PNG for Dagster metadata (markdown images) and MLflow artifacts."""
+"""Plots as PNG for Dagster metadata (markdown images) and MLflow artifacts.
+
+matplotlib is imported at the first plot, not with this module: importing the code location (the UI,
+the daemon, every run process) should not pay for it.
+"""
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # no display on servers; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+@functools.cache
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def to_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -25,6 +36,7 @@ def markdown_image(png: bytes, alt: str) -> str:
 
 
 def bar_chart(labels: list[str], values: list[float], title: str, xlabel: str, *, log: bool = False) -> bytes:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
     ax.barh(labels[::-1], values[::-1], color="#1473e6")
     ax.set_title(title)
@@ -35,6 +47,7 @@ def bar_chart(labels: list[str], values: list[float], title: str, xlabel: str, *
 
 
 def heatmap(matrix: np.ndarray, labels: list[str], title: str) -> bytes:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 7))
     image = ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
@@ -46,6 +59,7 @@ def heatmap(matrix: np.ndarray, labels: list[str], title: str) -> bytes:
 
 def lines(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
           *, diagonal: bool = False) -> bytes:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for label, (x, y) in series.items():
         ax.plot(x, y, label=label, marker="o" if len(x) <= 20 else None, markersize=3)
@@ -60,6 +74,7 @@ def lines(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: 
 
 def histogram(values: np.ndarray, title: str, xlabel: str, *, bins: int = 50,
               intervals: list[tuple[str, float, float]] = ()) -> bytes:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(values, bins=bins, range=(0, 1), color="#1473e6", alpha=0.8)
     ax.set_yscale("log")

@@ -27,7 +27,6 @@ import dagster as dg
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
 from aep_assets.lib.processes import alive
@@ -347,6 +346,8 @@ class S3Storage(Storage):
     def _client(self):
         """One boto3 client per resource instance: building one is slow."""
         if self._cached_client is None:
+            from dagster_aws.s3 import S3Resource  # with boto3, 0.65 s to import: only where storage is S3
+
             self._cached_client = S3Resource(
                 region_name=self.region_name,
                 endpoint_url=self.endpoint_url,

@@ -6,7 +6,8 @@ per Dagster run and has no registry helpers, while the model asset needs one run
 materialization, registry aliases and a typed, testable config.
 
 The assets never touch the `mlflow` module: they load the champion, log a training run, register a
-model once per training fingerprint and promote it, each through one method here.
+model once per training fingerprint and promote it, each through one method here. With the local
+sqlite store the champion loads from its copy (`champion_copy`) without importing MLflow at all.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import Field, PrivateAttr
 
 from aep_assets.lib import modeling
 from aep_assets.lib.features import feature_columns
+from aep_assets.resources import champion_copy
 from aep_assets.resources.mlflow_store import ensure_sqlite_store
 from aep_assets.settings import assets_home
 
@@ -111,14 +113,29 @@ class MlflowTracking(dg.ConfigurableResource):
             raise
 
     def load_champion(self) -> Champion | None:
+        """The version that carries the champion alias now, loaded by version: from its copy beside a
+        local store, else through MLflow (a version registered before copies existed gets one then)."""
+        store = champion_copy.sqlite_file(self.store_uri())
+        if store is not None:
+            aliased = champion_copy.aliased_version(store, self.registered_model_name, CHAMPION)
+            digest = aliased.tags.get(champion_copy.DIGEST_TAG) if aliased else None
+            estimator = champion_copy.load(store, digest) if digest else None
+            if estimator is not None:
+                return self._champion(aliased.version, aliased.tags, estimator)
         version = self.champion_version()
         if version is None:
             return None
         import mlflow
 
         estimator = mlflow.sklearn.load_model(f"models:/{version.name}/{version.version}")
-        features = json.loads(version.tags["features"]) if "features" in version.tags else None
-        return Champion(version.name, str(version.version), features, estimator)
+        if store is not None and champion_copy.DIGEST_TAG not in version.tags:
+            self.client().set_model_version_tag(version.name, version.version, champion_copy.DIGEST_TAG,
+                                                champion_copy.write(store, estimator))
+        return self._champion(str(version.version), version.tags, estimator)
+
+    def _champion(self, version: str, tags: dict[str, str], estimator: object) -> Champion:
+        features = json.loads(tags["features"]) if "features" in tags else None
+        return Champion(self.registered_model_name, version, features, estimator)
 
     def log_training(self, run: TrainingRun) -> str:
         """One MLflow run with the training's tags, parameters, metrics and evaluation files; its id."""
@@ -147,6 +164,8 @@ class MlflowTracking(dg.ConfigurableResource):
         import mlflow
         import sklearn
 
+        store = champion_copy.sqlite_file(self.store_uri())
+        copy = {champion_copy.DIGEST_TAG: champion_copy.write(store, model.estimator)} if store else {}
         example = model.x_test[:100]
         with mlflow.start_run(run_id=run_id):
             logged = mlflow.sklearn.log_model(
@@ -158,7 +177,7 @@ class MlflowTracking(dg.ConfigurableResource):
             # version or one the fingerprint finds, never an untagged one that a re-run would duplicate.
             version = mlflow.register_model(logged.model_uri, self.registered_model_name, tags={
                 **tags, "features": json.dumps(model.features), "training_fingerprint": fingerprint,
-                "mlflow_run_id": run_id}).version
+                "mlflow_run_id": run_id, **copy}).version
         return str(version), True
 
     def promote(self, version: str) -> None:
