@@ -162,3 +162,29 @@ def test_diagnose_runs_every_section_on_a_kept_home(tmp_path):
     assert result["generation.batch0_events"] > 0
     assert result["scoring_features.newest_batch_profiles"] == 500
     assert result["audiences.score_records_vs_profiles"]["profiles"] > 0
+
+
+@pytest.mark.timeout(400)
+def test_landing_latency_follows_each_landing_to_its_scores_with_the_real_daemon(tmp_path):
+    output = tmp_path / "latency.txt"
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "landing_latency.py"), "--profiles", "2000", "--batch-profiles", "300",
+         "--landings", "2", "--output", str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=380)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert output.read_text().strip().splitlines()[-1] == completed.stdout.strip().splitlines()[-1]
+    landings = result["landings"]
+    assert len(landings) == 2 and len({entry["batch"] for entry in landings}) == 2
+    for entry in landings:
+        assert entry["runs"] == 1  # the sensor's run key: one rescore per landed batch
+        # each part of the path is a real interval, and together they are the whole wait
+        assert entry["sensor_s"] > 0 and entry["run_start_s"] > 0 and entry["run_s"] > 0
+        assert entry["scores_in_platform_s"] <= entry["sensor_s"] + entry["run_start_s"] + entry["run_s"]
+    assert result["summary"]["scores_in_platform_s"]["max"] == max(e["scores_in_platform_s"] for e in landings)
+    # the home is gone, and nothing that ran in it (the daemon, its code server, the platform) is left running
+    home = result["home"]
+    assert not Path(home).exists()
+    processes = psutil.process_iter(["cmdline", "environ"])
+    assert not [p.pid for p in processes if home in " ".join(p.info["cmdline"] or [])
+                or (p.info["environ"] or {}).get("AEP_ASSETS_HOME") == home]

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         EmbeddedPostgres(home / "postgres").remove()
         shutil.rmtree(home, ignore_errors=True)
     result = {"profiles": args.profiles, "batch_profiles": args.batch_profiles, "landings": landings,
-              "summary": summary(landings), "cpus": os.cpu_count()}
+              "summary": summary(landings), "cpus": os.cpu_count(), "home": str(home)}
     text = "\n".join([*(line(i, entry) for i, entry in enumerate(landings, 1)), summary_text(result["summary"]),
                       json.dumps(result)])
     if args.output:
