@@ -2,9 +2,11 @@
 may become visible, and the next run must complete."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -21,19 +23,24 @@ from aep_assets_tests.factories import NOW, events_file
 
 
 def run_until(script: str, ready, timeout=60):
-    """Start a Python child, wait until `ready()` is true, then kill -9 it."""
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if child.poll() is not None:
-            raise AssertionError(f"child ended before the kill: {child.stderr.read().decode()[-2000:]}")
-        if time.monotonic() > deadline:
-            child.kill()
-            raise AssertionError("child never reached the point to kill it")
-        time.sleep(0.02)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    """Start a Python child, wait until `ready()` is true, then kill -9 it. A killed process cannot remove its
+    temporary files: the child's go to a folder of its own, removed here."""
+    scratch = tempfile.mkdtemp(prefix="aep-killed-child-")
+    try:
+        child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, "TMPDIR": scratch})
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if child.poll() is not None:
+                raise AssertionError(f"child ended before the kill: {child.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                child.kill()
+                raise AssertionError("child never reached the point to kill it")
+            time.sleep(0.02)
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_kill_during_batch_ingestion_leaves_no_partial_batch(platform, tmp_path):
