@@ -11,7 +11,7 @@ import pytest
 from aep_assets.definitions import build_definitions
 from aep_assets.defs.training import propensity_model
 from aep_assets.lib.datasets import EXPERIENCE_EVENTS, PROFILES, PROPENSITY_SCORES
-from aep_assets.lib.merge import current_records_sql
+from aep_assets.lib.merge import current_records_sql, merged_table
 from aep_assets.main import run_all, summary
 from aep_assets.metadata import ROW_COUNT
 from aep_assets.resources.local_platform import LocalPlatform
@@ -66,15 +66,19 @@ def test_every_asset_is_materialized_with_metadata(pipeline):
 
 
 def test_a_load_of_many_batches_refreshes_the_planner_statistics_once(pipeline):
-    """Each ANALYZE samples the whole table: after each of the initial batches it cost seconds at 1M profiles."""
+    """Each ANALYZE samples the whole table: after each of the initial batches it cost seconds at 1M profiles.
+    Without statistics on the merged profiles the scoring features' plan spilled to disk at 1M profiles."""
     platform = pipeline["resources"]["platform"]
-    events = platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name)
-    with platform.connect() as conn:
-        analyzed, estimated = conn.execute(
-            "SELECT s.analyze_count, c.reltuples FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid "
-            "WHERE s.relname = %s", (events.table,)).fetchone()
-    rows = materialized(pipeline["instance"], "aep_experience_events").asset_materialization.metadata
-    assert analyzed == 1 and estimated == rows[ROW_COUNT].value
+    tables = {"aep_experience_events": platform.find_dataset_or_fail(EXPERIENCE_EVENTS.name).table,
+              # the profiles as queries read them: the merged table, one current record per userid
+              "aep_profiles": merged_table(platform.find_dataset_or_fail(PROFILES.name).table)}
+    for asset, table in tables.items():
+        with platform.connect() as conn:
+            analyzed, estimated = conn.execute(
+                "SELECT s.analyze_count, c.reltuples FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid "
+                "WHERE s.relname = %s", (table,)).fetchone()
+        rows = materialized(pipeline["instance"], asset).asset_materialization.metadata[ROW_COUNT].value
+        assert (analyzed, estimated) == (1, rows), table
 
 
 def test_every_profile_has_exactly_one_latest_score(pipeline):

@@ -236,8 +236,14 @@ class LocalPlatform(Platform):
         return landed
 
     def refresh_statistics(self, dataset: Dataset) -> None:
+        # The merged table too, where there is one: the queries read it, and without statistics a filter on
+        # a few batches is estimated at a few thousand profiles, so at 1M profiles the scoring features'
+        # hash aggregate spilled to disk (30-37 s against 11 s for the same SELECT with statistics).
+        merged = merge.merged_table(dataset.table)
         with self.connect() as conn:
             conn.execute(f"ANALYZE {names.quoted(dataset.table)}")
+            if conn.execute("SELECT to_regclass(%s)", (names.quoted(merged),)).fetchone()[0] is not None:
+                conn.execute(f"ANALYZE {names.quoted(merged)}")
 
     @staticmethod
     def _read_batch_files(spec: DatasetSpec, files: Sequence[Path], batch_id: str) -> pa.Table:
