@@ -144,10 +144,10 @@ def test_training_does_not_depend_on_the_export_row_order():
     frame = pl.DataFrame({"userid": [f"{i:038d}" for i in rng.permutation(n)], "a": x[:, 0], "b": x[:, 1],
                           "c": x[:, 2], "label": (x[:, 0] + rng.normal(size=n) > 1.5).astype(np.int8)})
     settings = modeling.TrainingSettings(max_trials=1)
-    shuffled = modeling.train(frame, settings)
+    shuffled = modeling.train(modeling.split(frame), settings)
     ordered_frame = modeling.in_profile_order(frame)
     assert ordered_frame["userid"].is_sorted() and modeling.in_profile_order(ordered_frame) is ordered_frame
-    ordered = modeling.train(ordered_frame, settings)
+    ordered = modeling.train(modeling.split(ordered_frame), settings)
     assert np.array_equal(shuffled.test_ids, ordered.test_ids)
     assert np.array_equal(shuffled.estimator.predict_proba(shuffled.x_test),
                           ordered.estimator.predict_proba(ordered.x_test))
@@ -203,3 +203,16 @@ def test_the_search_starts_from_the_champion_and_halves_its_candidates_on_twice_
     first = sorted(trials[:4], key=lambda t: -t["validation_auc"])
     assert [t["params"] for t in trials[4:]] == [first[0]["params"], first[1]["params"]]
     assert winner is max(trials[4:], key=lambda t: t["validation_auc"])
+
+
+def test_the_feature_matrix_is_the_frame_cast_to_float_with_nan_for_missing_values():
+    import polars as pl
+
+    from aep_assets.lib import modeling
+
+    frame = pl.DataFrame({"count": [1, 2, None, 4], "recency": [0.5, None, 2.0, 3.5], "other": ["a", "b", "c", "d"]})
+    rows = np.array([True, False, True, True])
+    expected = np.array([[1.0, 0.5], [2.0, np.nan], [np.nan, 2.0], [4.0, 3.5]])
+    np.testing.assert_array_equal(modeling.matrix(frame, ["count", "recency"]), expected)
+    np.testing.assert_array_equal(modeling.matrix(frame, ["count", "recency"], rows), expected[rows])
+    assert modeling.matrix(frame, ["recency"], np.zeros(4, dtype=bool)).shape == (0, 1)

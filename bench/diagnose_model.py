@@ -30,7 +30,7 @@ def training(platform, storage) -> None:
     manifest = storage.latest_complete(export_parent(platform.find_dataset_or_fail(TRAINING_DATASET)))
     seconds, frame = clock(lambda: modeling.in_profile_order(storage.read_frame(manifest)))
     note("training.read_export_s", seconds)
-    seconds, model = clock(modeling.train, frame, modeling.TrainingSettings())
+    seconds, model = clock(lambda: modeling.train(modeling.split(frame), modeling.TrainingSettings()))
     note("training.search_and_refit_s", {"total": seconds, "search": round(model.search_seconds, 3),
                                          "trials": [t["seconds"] for t in model.trials]})
     scores = model.estimator.predict_proba(model.x_test)[:, 1]

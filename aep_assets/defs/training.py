@@ -60,10 +60,13 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
                      storage: Storage, mlflow_tracking: MlflowTracking):
     manifest = storage.latest_complete(export_parent(platform.find_dataset_or_fail(TRAINING_DATASET)))
     frame = modeling.in_profile_order(storage.read_frame(manifest))
-    context.log.info(f"training from {storage.uri(manifest.prefix)}: {frame.height} rows")
+    rows, fingerprint = frame.height, modeling.training_fingerprint(frame, config.model_dump())
+    context.log.info(f"training from {storage.uri(manifest.prefix)}: {rows} rows")
+    data = modeling.split(frame, config.training().test_fraction)
+    del frame  # the matrices are all the rest needs: the export's memory is back before the fit
     champion = mlflow_tracking.load_champion()
     started = time.monotonic()
-    model = modeling.train(frame, config.training(),
+    model = modeling.train(data, config.training(),
                            start=champion and modeling.starting_params(champion.estimator, config.algorithm))
     train_seconds = time.monotonic() - started
     scores = model.estimator.predict_proba(model.x_test)[:, 1]
@@ -86,7 +89,6 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
         artifacts={**{f"{name}.png": png for name, png in evaluation.plots.items()},
                    "feature_importance.png": importance_png, "deciles.csv": evaluation.deciles.write_csv().encode(),
                    "trials.json": json.dumps(model.trials, indent=2).encode()}))
-    fingerprint = modeling.training_fingerprint(frame, config.model_dump())
     version, new = mlflow_tracking.register_once(run_id, model, config.algorithm, fingerprint, tags)
     if not new:
         context.log.info(f"same export and config as registered version {version}: not registering again")
@@ -104,7 +106,7 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
         "training_export": dg.MetadataValue.path(storage.uri(manifest.prefix)),
         "train_seconds": round(train_seconds, 1), "trials": dg.MetadataValue.json(model.trials),
         "params": dg.MetadataValue.json(model.params),
-        "feature_importance": table(importance), **row_count(frame.height)})
+        "feature_importance": table(importance), **row_count(rows)})
     yield from _check_results(gate)
 
 

@@ -80,9 +80,16 @@ class Evaluation:
                 "brier": self.brier, "base_rate": self.base_rate}
 
 
-def matrix(frame: pl.DataFrame, features: list[str]) -> np.ndarray:
-    """Feature columns as float64 with NaN for missing values (never-happened recencies)."""
-    return frame.select(pl.col(features).cast(pl.Float64)).to_numpy()
+def matrix(frame: pl.DataFrame, features: list[str], rows: np.ndarray | None = None) -> np.ndarray:
+    """Feature columns as float64 with NaN for missing values (never-happened recencies), of the rows where
+    `rows` is true (every row when None). Filled a column at a time: beside the frame, memory holds the
+    result and one column, where filtering and casting the whole frame first held two more copies of it."""
+    mask = None if rows is None else pl.Series(rows)
+    result = np.empty((frame.height if rows is None else int(rows.sum()), len(features)), order="F")
+    for index, name in enumerate(features):
+        column = frame[name] if mask is None else frame[name].filter(mask)
+        result[:, index] = column.cast(pl.Float64).to_numpy()
+    return result
 
 
 def _search_space(algorithm: Algorithm, rng: np.random.Generator) -> dict:
@@ -141,35 +148,52 @@ def starting_params(estimator, algorithm: Algorithm) -> dict | None:
     return found if found.keys() == names else None
 
 
-def train(frame: pl.DataFrame, settings: TrainingSettings, start: dict | None = None) -> TrainedModel:
-    """Split by profile id, successive-halving search on a validation split, refit on all training rows.
-    `start`: settings to try first (the champion's), before the library defaults and random ones."""
-    from sklearn.model_selection import train_test_split
+@dataclass
+class TrainingData:
+    """The training table as matrices, split by profile id into training and held-out rows."""
 
+    features: list[str]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    test_ids: np.ndarray
+
+
+def split(frame: pl.DataFrame, test_fraction: float = HOLDOUT_FRACTION) -> TrainingData:
+    """The held-out profiles by a hash of their id (the same ones at every training of the same profiles),
+    each side a matrix of its own rows straight from the frame. Once this returns the frame is not needed:
+    a caller that drops it gets its memory back before the fit."""
     frame = in_profile_order(frame)
     features = feature_columns(frame.columns)
     labels = frame[LABEL_COLUMN].to_numpy().astype(np.int8)
     if len(np.unique(labels)) < 2:
         raise ValueError(f"the training table has a single label value ({labels[:1]}): nothing to learn")
-    test = is_held_out(frame[ID_COLUMN], settings.test_fraction)
+    test = is_held_out(frame[ID_COLUMN], test_fraction)
     y_train, y_test = labels[~test], labels[test]
     if len(np.unique(y_test)) < 2 or len(np.unique(y_train)) < 2:
         raise ValueError(f"too few positives ({int(labels.sum())}) to split {len(labels)} rows for training")
-    # Each side straight from the frame: a full matrix and its two fancy-indexed copies would triple the memory.
-    x_train, x_test = (matrix(frame.filter(pl.Series(side)), features) for side in (~test, test))
-    ids_test = frame[ID_COLUMN].filter(pl.Series(test)).to_numpy()
+    return TrainingData(features, matrix(frame, features, ~test), y_train, matrix(frame, features, test), y_test,
+                        frame[ID_COLUMN].filter(pl.Series(test)).to_numpy())
+
+
+def train(data: TrainingData, settings: TrainingSettings, start: dict | None = None) -> TrainedModel:
+    """Successive-halving search on a validation split of the training rows, refit on all of them.
+    `start`: settings to try first (the champion's), before the library defaults and random ones."""
+    from sklearn.model_selection import train_test_split
+
     # The search compares settings on at most SEARCH_ROWS rows: trials on every row of a large population
     # would dominate the step (docs/performance.md). The final fit uses all training rows.
-    search_rows = min(len(y_train), SEARCH_ROWS)
-    split = train_test_split(x_train, y_train, train_size=int(search_rows * 0.8),
-                             test_size=search_rows - int(search_rows * 0.8), stratify=y_train,
-                             random_state=settings.seed + 1)
+    search_rows = min(len(data.y_train), SEARCH_ROWS)
+    search_split = train_test_split(data.x_train, data.y_train, train_size=int(search_rows * 0.8),
+                                    test_size=search_rows - int(search_rows * 0.8), stratify=data.y_train,
+                                    random_state=settings.seed + 1)
     started = time.monotonic()
-    trials, best = successive_halving(candidates(settings, start), split, settings,
+    trials, best = successive_halving(candidates(settings, start), search_split, settings,
                                       started + settings.time_budget_s)
-    estimator = build_estimator(settings.algorithm, best["params"], settings.seed).fit(x_train, y_train)
-    return TrainedModel(estimator, features, best["params"], trials, time.monotonic() - started,
-                        len(y_train), ids_test, x_test, y_test)
+    estimator = build_estimator(settings.algorithm, best["params"], settings.seed).fit(data.x_train, data.y_train)
+    return TrainedModel(estimator, data.features, best["params"], trials, time.monotonic() - started,
+                        len(data.y_train), data.test_ids, data.x_test, data.y_test)
 
 
 def candidates(settings: TrainingSettings, start: dict | None) -> list[dict]:
