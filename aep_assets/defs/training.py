@@ -62,11 +62,12 @@ def propensity_model(context: dg.AssetExecutionContext, config: ModelConfig, pla
     frame = modeling.in_profile_order(storage.read_frame(manifest))
     rows, fingerprint = frame.height, modeling.training_fingerprint(frame, config.model_dump())
     context.log.info(f"training from {storage.uri(manifest.prefix)}: {rows} rows")
-    data = modeling.split(frame, config.training().test_fraction)
+    settings = config.training()
+    data = modeling.split(frame, settings.test_fraction)
     del frame  # the matrices are all the rest needs: the export's memory is back before the fit
     champion = mlflow_tracking.load_champion()
     started = time.monotonic()
-    model = modeling.train(data, config.training(),
+    model = modeling.train(data, settings,
                            start=champion and modeling.starting_params(champion.estimator, config.algorithm))
     train_seconds = time.monotonic() - started
     scores = model.estimator.predict_proba(model.x_test)[:, 1]

@@ -212,7 +212,7 @@ def candidates(settings: TrainingSettings, start: dict | None) -> list[dict]:
     return found
 
 
-def successive_halving(settings_list: list[dict], split: list[np.ndarray], settings: TrainingSettings,
+def successive_halving(settings_list: list[dict], search_split: list[np.ndarray], settings: TrainingSettings,
                        deadline: float) -> tuple[list[dict], dict]:
     """Every candidate fitted on a small share of the search rows, the better half on twice as many, and so
     on until two remain, whose better one wins (Jamieson and Talwalkar, 2016): the budget goes to settings
@@ -220,7 +220,7 @@ def successive_halving(settings_list: list[dict], split: list[np.ndarray], setti
     trying each on all of them. Returns every trial in the order run, and the winner's."""
     from sklearn.metrics import roc_auc_score
 
-    x_fit, x_val, y_fit, y_val = split
+    x_fit, x_val, y_fit, y_val = search_split
     rungs = max(1, int(np.ceil(np.log2(len(settings_list)))))
     trials: list[dict] = []
     survivors = settings_list

@@ -82,8 +82,9 @@ class MlflowTracking(dg.ConfigurableResource):
         import mlflow  # a slow import: only where a model is trained or loaded
 
         uri = self.store_uri()
-        if uri.startswith("sqlite:///"):
-            ensure_sqlite_store(Path(uri.removeprefix("sqlite:///")))
+        store = champion_copy.sqlite_file(uri)
+        if store is not None:
+            ensure_sqlite_store(store)
         mlflow.set_tracking_uri(uri)  # every call: another resource in this process may have pointed it elsewhere
         mlflow.set_registry_uri(uri)
         if self._experiment_id is None:  # one lookup per resource instance, not one per registry call
