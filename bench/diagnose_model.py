@@ -47,6 +47,8 @@ def training(platform, storage) -> None:
         note("training.one_fit_one_thread_s", clock(estimator.fit, x_train, y_train)[0])
 
 
+# A busy core that stops when its parent is gone: a diagnosis killed mid-section (a timeout) leaves no hog.
+SPINNER = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass"
 OPENMP_PROBE = """
 import sys, time
 import numpy as np
@@ -84,7 +86,7 @@ def openmp(platform, storage, busy_processes: tuple[int, ...] = (0, 1)) -> None:
         np.savez(path, x=modeling.matrix(train, feature_columns(train.columns)),
                  y=train[LABEL_COLUMN].to_numpy().astype(np.int8))
         for hogs in busy_processes:
-            spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]
+            spinners = [subprocess.Popen([sys.executable, "-c", SPINNER]) for _ in range(hogs)]
             try:
                 for name, extra in (("libgomp_default", {}),
                                     ("OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}),
